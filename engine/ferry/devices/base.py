@@ -1,0 +1,61 @@
+"""What every device is: a bus client with a versioned state object.
+
+A device's guest-visible state lives in one dataclass deriving from
+``DeviceState``. Snapshots and migration save exactly that object, tagged
+with its ``VERSION``; a newer engine reads older versions through
+``upgrade``, and an older engine refuses newer ones by name.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Callable, ClassVar
+
+
+class StateVersionError(ValueError):
+    """A saved state is newer than this engine understands."""
+
+
+@dataclass
+class DeviceState:
+    VERSION: ClassVar[int] = 1
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, version: int, section: str = "") -> "DeviceState":
+        where = section or cls.__name__
+        if version > cls.VERSION:
+            raise StateVersionError(
+                f"section {where}: state version {version} is newer than this engine's {cls.VERSION}")
+        values = json.loads(data)
+        for old in range(version, cls.VERSION):
+            values = cls.upgrade(old, values)
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise StateVersionError(f"section {where}: unknown fields {sorted(unknown)}")
+        return cls(**values)
+
+    @classmethod
+    def upgrade(cls, version: int, values: dict) -> dict:
+        """Turn the fields of ``version`` into those of ``version + 1``."""
+        raise StateVersionError(f"{cls.__name__}: no upgrade from version {version}")
+
+
+class Device:
+    """Base of all devices. ``name`` is the device's section name (``serial.com1``)."""
+
+    name: str = ""
+
+    def save(self) -> DeviceState:
+        raise NotImplementedError
+
+    def load(self, state: DeviceState) -> None:
+        raise NotImplementedError
+
+
+IrqSetter = Callable[[bool], None]
+"""Drives one interrupt line: True raises it, False lowers it."""

@@ -1,0 +1,85 @@
+"""Guest RAM: one memfd, mapped once, registered with KVM as memory slots.
+
+RAM above ``PCI_HOLE_START`` is moved past 4 GiB, so a guest larger than
+3 GiB gets two slots with the MMIO hole between them. The memfd is the
+single backing store: snapshots and migration move it with sendfile /
+copy_file_range, and a restore can map a snapshot file in its place.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from dataclasses import dataclass
+
+from .boot.layout import PCI_HOLE_END, PCI_HOLE_START
+
+
+@dataclass(frozen=True)
+class Region:
+    """``size`` bytes of guest RAM at ``gpa``, stored at ``offset`` in the memfd."""
+
+    gpa: int
+    size: int
+    offset: int
+
+    @property
+    def end(self) -> int:
+        return self.gpa + self.size
+
+
+class GuestMemoryError(ValueError):
+    pass
+
+
+def plan_regions(size: int) -> list[Region]:
+    low = min(size, PCI_HOLE_START)
+    regions = [Region(0, low, 0)]
+    if size > low:
+        regions.append(Region(PCI_HOLE_END, size - low, low))
+    return regions
+
+
+class GuestMemory:
+    def __init__(self, size: int, fd: int | None = None, private: bool = False):
+        """Create ``size`` bytes of RAM, or map an existing file ``fd`` (snapshots).
+
+        ``private`` maps the file copy-on-write, so the guest never writes
+        back to it (lazy restore from a snapshot's memory file).
+        """
+        if size <= 0 or size % (2 * 1024 * 1024):
+            raise GuestMemoryError(f"memory size {size} must be a positive multiple of 2 MiB")
+        self.size = size
+        self.regions = plan_regions(size)
+        if fd is None:
+            fd = os.memfd_create("ferry-guest-ram", os.MFD_CLOEXEC)
+            os.ftruncate(fd, size)
+        self.fd = fd
+        flags = mmap.MAP_PRIVATE if private else mmap.MAP_SHARED
+        self.map = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        self.view = memoryview(self.map)
+
+    def offset_of(self, gpa: int, length: int = 1) -> int:
+        for region in self.regions:
+            if region.gpa <= gpa and gpa + length <= region.end:
+                return region.offset + gpa - region.gpa
+        raise GuestMemoryError(f"guest range {gpa:#x}+{length:#x} is not RAM")
+
+    def read(self, gpa: int, length: int) -> bytes:
+        start = self.offset_of(gpa, length)
+        return bytes(self.view[start:start + length])
+
+    def write(self, gpa: int, data: bytes) -> None:
+        start = self.offset_of(gpa, len(data))
+        self.view[start:start + len(data)] = data
+
+    def host_address(self, region: Region) -> int:
+        """Userspace address of ``region`` for KVM_SET_USER_MEMORY_REGION."""
+        import ctypes
+        base = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
+        return base + region.offset
+
+    def close(self) -> None:
+        self.view.release()
+        self.map.close()
+        os.close(self.fd)
