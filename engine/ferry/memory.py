@@ -8,6 +8,7 @@ copy_file_range, and a restore can map a snapshot file in its place.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ class GuestMemory:
         flags = mmap.MAP_PRIVATE if private else mmap.MAP_SHARED
         self.map = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         self.view = memoryview(self.map)
+        # The ctypes view is dropped at once so the mmap can still be closed later.
+        self.base_address = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
 
     def offset_of(self, gpa: int, length: int = 1) -> int:
         for region in self.regions:
@@ -75,9 +78,7 @@ class GuestMemory:
 
     def host_address(self, region: Region) -> int:
         """Userspace address of ``region`` for KVM_SET_USER_MEMORY_REGION."""
-        import ctypes
-        base = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
-        return base + region.offset
+        return self.base_address + region.offset
 
     def close(self) -> None:
         self.view.release()

@@ -1,0 +1,61 @@
+"""The ``ferry`` command.
+
+Each feature module adds its subcommands through ``register(subparsers)``;
+a handler takes the parsed arguments and returns a JSON-able result. With
+``--json`` the result is printed as one JSON document; otherwise the
+handler's ``render`` (if any) prints it for people. Every failure is one
+line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import FerryError
+from .kvm.ioctl import KvmError
+
+FEATURES = ("ferry.runtime.commands", "ferry.lab.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="ferry", description="Ferry hypervisor engine")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in FEATURES:
+        importlib.import_module(module).register(sub)
+    return parser
+
+
+def emit(args: argparse.Namespace, result) -> None:
+    if args.json:
+        print(json.dumps(result, indent=None, sort_keys=True))
+    elif getattr(args, "render", None):
+        args.render(result)
+    elif result is not None:
+        print(json.dumps(result, indent=2, sort_keys=True))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --json is accepted anywhere on the line, as people type it.
+    want_json = "--json" in argv
+    argv = [a for a in argv if a != "--json"]
+    args = parser.parse_args(argv)
+    args.json = want_json
+    try:
+        emit(args, args.func(args))
+    except (FerryError, KvmError) as err:
+        print(f"ferry: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""The machine: KVM VM, guest RAM, devices and vCPU threads, wired in one place.
+
+``Machine`` builds the same machine for a fresh boot (``boot``) and for a
+restore (a later step loads saved state instead of booting), so both paths
+get exactly the same devices at the same addresses.
+"""
+
+from __future__ import annotations
+
+import queue
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..boot import cpu, elf, layout
+from ..devices.acpi_pm import AcpiPm
+from ..devices.bus import MmioBus, PortIoBus
+from ..devices.i8042 import I8042
+from ..devices.rtc import Rtc
+from ..devices.serial import Serial
+from ..errors import FerryError
+from ..kvm import abi
+from ..kvm.fds import Kvm
+from ..memory import GuestMemory
+from .vcpu import GuestEvent, RunState, Vcpu
+
+TSS_ADDRESS = 0xFFFBD000  # three pages KVM needs on VMX hosts, inside the MMIO window
+COM1, COM1_IRQ = 0x3F8, 4
+I8042_PORT, RTC_PORT, ACPI_PM_PORT, SCI_IRQ = 0x60, 0x70, 0x600, 9
+PAUSE_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    name: str
+    vcpus: int
+    memory_mib: int
+    kernel: Path
+    initrd: Path | None = None
+    cmdline: str = ""
+
+
+@dataclass
+class Event:
+    kind: GuestEvent
+    message: str
+
+
+@dataclass
+class Devices:
+    serial: Serial
+    i8042: I8042
+    rtc: Rtc
+    acpi_pm: AcpiPm
+    all: list = field(default_factory=list)
+
+
+class Machine:
+    def __init__(self, spec: MachineSpec, console, rtc: Rtc | None = None, kvm: Kvm | None = None):
+        self.spec = spec
+        self.kvm = kvm or Kvm()
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.vm = self.kvm.create_vm()
+        self.vm.set_tss_addr(TSS_ADDRESS)
+        # The irqchip and PIT must exist before any vCPU is created.
+        self.vm.create_irqchip()
+        self.vm.create_pit2()
+        self.memory = GuestMemory(spec.memory_mib * layout.MIB)
+        self._register_memory()
+        self.io_bus, self.mmio_bus = PortIoBus(), MmioBus()
+        self.devices = self._build_devices(console, rtc)
+        self.vcpus = [Vcpu(self.vm.create_vcpu(i), self.io_bus, self.mmio_bus, self._on_event)
+                      for i in range(spec.vcpus)]
+        self._set_cpuid()
+
+    # --- wiring ---
+
+    def _register_memory(self, flags: int = 0) -> None:
+        for slot, region in enumerate(self.memory.regions):
+            self.vm.set_user_memory_region(slot, region.gpa, region.size,
+                                           self.memory.host_address(region), flags)
+
+    def _irq(self, line: int):
+        return lambda level: self.vm.irq_line(line, level)
+
+    def _build_devices(self, console, rtc: Rtc | None) -> Devices:
+        serial = Serial("serial.com1", irq=self._irq(COM1_IRQ), output=console)
+        i8042 = I8042("i8042", on_reset=lambda: self._on_event(GuestEvent.RESET, "guest reset through the i8042"))
+        rtc = rtc or Rtc("rtc")
+        acpi_pm = AcpiPm("acpi.pm", sci=self._irq(SCI_IRQ),
+                         on_poweroff=lambda: self._on_event(GuestEvent.POWEROFF, "guest powered off through ACPI"))
+        self.io_bus.register(COM1, 8, serial)
+        self.io_bus.register(I8042_PORT, 5, i8042)
+        self.io_bus.register(RTC_PORT, 2, rtc)
+        self.io_bus.register(ACPI_PM_PORT, 8, acpi_pm)
+        return Devices(serial, i8042, rtc, acpi_pm, [serial, i8042, rtc, acpi_pm])
+
+    def _set_cpuid(self) -> None:
+        supported = self.kvm.supported_cpuid()
+        for vcpu in self.vcpus:
+            vcpu.fd.set_cpuid(cpu.vcpu_cpuid(supported, vcpu.index, len(self.vcpus)))
+
+    # --- boot ---
+
+    def boot(self) -> None:
+        from ..boot.acpi import write_acpi_tables
+        from ..boot.linux import is_linux
+
+        cpu.write_boot_gdt(self.memory)
+        cpu.write_identity_tables(self.memory)
+        rsdp = write_acpi_tables(self.memory, len(self.vcpus))
+        if is_linux(self.spec.kernel):
+            self._boot_linux()
+        else:
+            self._boot_elf(rsdp)
+
+    def _boot_linux(self) -> None:
+        from ..boot.e820 import e820_map
+        from ..boot.linux import load_linux
+
+        entry = load_linux(self.memory, self.spec.kernel, self.spec.initrd, self.spec.cmdline,
+                           e820_map(self.memory))
+        # Linux wakes the other CPUs itself (INIT/SIPI), so only the BSP gets an entry state.
+        self._enter(self.vcpus[0], entry.rip, rsi=entry.boot_params_addr)
+        for vcpu in self.vcpus:
+            self._init_lapic(vcpu)
+
+    def _boot_elf(self, rsdp: int) -> None:
+        if self.spec.initrd:
+            raise FerryError(f"initrd: only Linux kernels take an initrd, {self.spec.kernel} is a plain ELF")
+        image = elf.load_elf(self.memory, self.spec.kernel)
+        info = elf.write_boot_info(self.memory, len(self.vcpus), self.spec.cmdline, rsdp)
+        for vcpu in self.vcpus:
+            stack_top = layout.AP_STACKS + (vcpu.index + 1) * layout.AP_STACK_SIZE
+            self._enter(vcpu, image.entry, rdi=info, rsi=vcpu.index, rsp=stack_top)
+            self._init_lapic(vcpu)
+            vcpu.fd.set_mp_state(abi.MP_STATE_RUNNABLE)
+
+    def _enter(self, vcpu: Vcpu, rip: int, rdi: int = 0, rsi: int = 0, rsp: int = 0) -> None:
+        vcpu.fd.set_sregs(cpu.long_mode_sregs(vcpu.fd.get_sregs()))
+        vcpu.fd.set_regs(abi.Regs(rip=rip, rdi=rdi, rsi=rsi, rsp=rsp, rflags=0x2))
+        vcpu.fd.set_fpu(cpu.initial_fpu())
+        vcpu.fd.set_msrs({abi.MSR_IA32_MISC_ENABLE: abi.MISC_ENABLE_FAST_STRING})
+
+    def _init_lapic(self, vcpu: Vcpu) -> None:
+        vcpu.fd.set_lapic(cpu.set_lapic_lints(vcpu.fd.get_lapic(), bootstrap=vcpu.index == 0))
+
+    # --- running ---
+
+    def start(self, paused: bool = False) -> None:
+        for vcpu in self.vcpus:
+            vcpu.start(paused=paused)
+
+    def pause(self, timeout: float = PAUSE_TIMEOUT) -> None:
+        self._request(RunState.PAUSED, (RunState.PAUSED, RunState.STOPPED), timeout)
+
+    def resume(self) -> None:
+        for vcpu in self.vcpus:
+            vcpu.request(RunState.RUNNING)
+
+    def stop(self, timeout: float = PAUSE_TIMEOUT) -> None:
+        self._request(RunState.STOPPED, (RunState.STOPPED,), timeout)
+        for vcpu in self.vcpus:
+            vcpu.join(timeout)
+
+    def _request(self, wanted: RunState, reached: tuple[RunState, ...], timeout: float) -> None:
+        for vcpu in self.vcpus:
+            vcpu.request(wanted)
+        late = [v.index for v in self.vcpus if not v.wait_for(reached, timeout)]
+        if late:
+            raise FerryError(f"vCPUs {late} did not leave the guest within {timeout:.0f} s")
+
+    @property
+    def state(self) -> RunState:
+        states = {vcpu.state for vcpu in self.vcpus}
+        for state in (RunState.RUNNING, RunState.PAUSED, RunState.CREATED):
+            if state in states:
+                return state
+        return RunState.STOPPED
+
+    def press_power_button(self) -> None:
+        self.devices.acpi_pm.press_power_button()
+
+    def _on_event(self, kind: GuestEvent, message: str) -> None:
+        for vcpu in self.vcpus:
+            vcpu.request(RunState.STOPPED)
+        self.events.put(Event(kind, message))
+
+    def close(self) -> None:
+        for vcpu in self.vcpus:
+            vcpu.fd.close()
+        self.vm.close()
+        self.memory.close()

@@ -1,0 +1,115 @@
+"""VM definitions: the YAML a person writes, validated into a typed, versioned record.
+
+Stored definitions carry ``format: 1``; disks and NICs will join as new
+optional keys under a new format number, and older files keep loading.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from ..boot.layout import MAX_VCPUS
+from ..errors import DefinitionError
+
+FORMAT = 1
+BUILTIN_PREFIX = "builtin:"
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+MAX_MEMORY_MIB = 1024 * 1024
+MAX_CMDLINE = 4095
+KEYS = ("name", "vcpus", "memory", "kernel", "initrd", "cmdline")
+
+
+@dataclass(frozen=True)
+class Definition:
+    name: str
+    vcpus: int
+    memory: int
+    kernel: str
+    initrd: str | None = None
+    cmdline: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def kernel_path(self) -> Path:
+        return resolve_kernel(self.kernel)
+
+
+def resolve_kernel(kernel: str) -> Path:
+    if kernel.startswith(BUILTIN_PREFIX):
+        from ..guests import builtin_kernel
+        return builtin_kernel(kernel[len(BUILTIN_PREFIX):])
+    return Path(kernel)
+
+
+def _integer(values: dict, key: str, low: int, high: int, unit: str = "") -> int:
+    value = values.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DefinitionError(f"{key}: expected a whole number{unit}, got {value!r}")
+    if not low <= value <= high:
+        raise DefinitionError(f"{key}: {value} is out of range, allowed {low} to {high}{unit}")
+    return value
+
+
+def _path(values: dict, key: str, required: bool) -> str | None:
+    value = values.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise DefinitionError(f"{key}: expected a file path, got {value!r}")
+    if key == "kernel" and value.startswith(BUILTIN_PREFIX):
+        try:
+            resolve_kernel(value)
+        except Exception as err:
+            raise DefinitionError(f"{key}: {err}") from None
+        return value
+    path = Path(value)
+    if not path.is_absolute():
+        raise DefinitionError(f"{key}: {value!r} must be an absolute path")
+    if not path.is_file():
+        raise DefinitionError(f"{key}: no such file {value}")
+    return value
+
+
+def validate(values) -> Definition:
+    if not isinstance(values, dict):
+        raise DefinitionError(f"definition: expected a mapping of keys, got {type(values).__name__}")
+    values = {k: v for k, v in values.items() if k != "format"}
+    unknown = sorted(set(values) - set(KEYS), key=str)
+    if unknown:
+        raise DefinitionError(f"{unknown[0]}: unknown key, allowed keys are {', '.join(KEYS)}")
+    name = values.get("name")
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise DefinitionError(f"name: {name!r} is not a valid VM name "
+                              "(lowercase letters, digits, '.', '_', '-'; at most 63; starts with a letter or digit)")
+    memory = _integer(values, "memory", 2, MAX_MEMORY_MIB, " MiB")
+    if memory % 2:
+        raise DefinitionError(f"memory: {memory} MiB must be a multiple of 2 MiB")
+    cmdline = values.get("cmdline") or ""
+    if not isinstance(cmdline, str) or len(cmdline) > MAX_CMDLINE:
+        raise DefinitionError(f"cmdline: expected text of at most {MAX_CMDLINE} characters")
+    return Definition(name=name, vcpus=_integer(values, "vcpus", 1, MAX_VCPUS),
+                      memory=memory, kernel=_path(values, "kernel", True),
+                      initrd=_path(values, "initrd", False), cmdline=cmdline)
+
+
+def load_file(path: Path) -> Definition:
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise DefinitionError(f"cannot read definition {path}: {err.strerror}") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise DefinitionError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    if isinstance(values, dict) and values.get("format", FORMAT) != FORMAT:
+        raise DefinitionError(f"format: {values['format']!r} is not supported, this engine reads format {FORMAT}")
+    return validate(values)
+
+
+def dump(definition: Definition) -> str:
+    return yaml.safe_dump({"format": FORMAT, **definition.to_dict()}, sort_keys=False)

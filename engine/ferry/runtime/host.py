@@ -1,0 +1,161 @@
+"""The host-level API: what the CLI and the Ansible modules call.
+
+Every method returns plain data (dicts) and raises ``FerryError`` with a
+one-line message. Operations that change a VM's state block until the VM
+has reached it.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..errors import Conflict, FerryError, NotFound
+from . import control, definition as defn, statedir
+
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+
+
+class Host:
+    def __init__(self, state_dir: str | os.PathLike | None = None):
+        self.root = statedir.resolve(state_dir)
+
+    def vmdir(self, name: str) -> statedir.VmDir:
+        return statedir.VmDir(self.root, name)
+
+    def _existing(self, name: str) -> statedir.VmDir:
+        vmdir = self.vmdir(name)
+        if not vmdir.exists():
+            raise NotFound(f"no VM named {name!r} in {self.root}")
+        return vmdir
+
+    # --- queries ---
+
+    def names(self) -> list[str]:
+        return statedir.vm_names(self.root)
+
+    def get(self, name: str) -> dict | None:
+        vmdir = self.vmdir(name)
+        return self.describe(vmdir) if vmdir.exists() else None
+
+    def list(self) -> list[dict]:
+        return [self.describe(self.vmdir(name)) for name in self.names()]
+
+    def describe(self, vmdir: statedir.VmDir) -> dict:
+        info = vmdir.load_definition().to_dict()
+        status = vmdir.read_status()
+        if vmdir.process_alive():
+            state, error = status.get("state", "running"), None
+            if state not in ("running", "paused"):
+                state = "running"
+        else:
+            state, error = status.get("state", "stopped"), status.get("error")
+            if state in ("running", "paused"):
+                state, error = "crashed", "the VM process ended without recording why (killed?)"
+        info.update(state=state, error=error, pid=status.get("pid") if state in ("running", "paused") else None,
+                    boot_count=status.get("boot_count", 0), path=str(vmdir.path),
+                    console_log=str(vmdir.console_log))
+        return info
+
+    # --- definitions ---
+
+    def define(self, values: dict, replace: bool = False) -> dict:
+        new = defn.validate(values)
+        vmdir = self.vmdir(new.name)
+        if vmdir.exists():
+            old = vmdir.load_definition()
+            if not replace:
+                raise Conflict(f"name: a VM named {new.name!r} is already defined")
+            if vmdir.process_alive() and (old.vcpus, old.memory) != (new.vcpus, new.memory):
+                raise Conflict(f"{new.name}: vcpus and memory of a running VM cannot change; "
+                               "stop it first, then define and start it again")
+        vmdir.save_definition(new)
+        return self.describe(vmdir)
+
+    def undefine(self, name: str) -> dict:
+        vmdir = self._existing(name)
+        if vmdir.process_alive():
+            raise Conflict(f"{name}: the VM is running; stop it before undefining it")
+        shutil.rmtree(vmdir.path)
+        return {"name": name, "state": "absent"}
+
+    # --- state changes ---
+
+    def start(self, name: str, timeout: float = START_TIMEOUT) -> dict:
+        vmdir = self._existing(name)
+        lock = vmdir.start_lock()
+        try:
+            if not vmdir.process_alive():
+                self._spawn(vmdir, timeout)
+        finally:
+            os.close(lock)
+        return self.describe(vmdir)
+
+    def _spawn(self, vmdir: statedir.VmDir, timeout: float) -> None:
+        log = open(vmdir.engine_log, "ab")
+        child = subprocess.Popen(
+            [sys.executable, "-m", "ferry.runtime.vmproc", "--state-dir", str(self.root), vmdir.name],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+            start_new_session=True, close_fds=True)
+        log.close()
+        ready, _, _ = select.select([child.stdout], [], [], timeout)
+        line = child.stdout.readline().decode().strip() if ready else ""
+        child.stdout.close()
+        if line.startswith("error: "):
+            child.wait(5)
+            raise FerryError(f"{vmdir.name}: could not start: {line[len('error: '):]}")
+        if line not in ("ready", "already running"):
+            child.kill()
+            raise FerryError(f"{vmdir.name}: did not start within {timeout:.0f} s (see {vmdir.engine_log})")
+
+    def _control(self, name: str, op: str, **args) -> dict:
+        vmdir = self._existing(name)
+        if not vmdir.process_alive():
+            raise Conflict(f"{name}: the VM is not running")
+        control.request(vmdir.socket, op, **args)
+        return self.describe(vmdir)
+
+    def pause(self, name: str) -> dict:
+        return self._control(name, "pause")
+
+    def resume(self, name: str) -> dict:
+        return self._control(name, "resume")
+
+    def console_input(self, name: str, data: bytes) -> None:
+        self._control(name, "console-input", data=data.decode("latin-1"))
+
+    def poweroff(self, name: str, timeout: float = STOP_TIMEOUT) -> dict:
+        vmdir = self._existing(name)
+        if vmdir.process_alive():
+            control.request(vmdir.socket, "poweroff")
+            self._wait_exit(vmdir, timeout)
+        return self.describe(vmdir)
+
+    def stop(self, name: str, timeout: float = STOP_TIMEOUT) -> dict:
+        """Press the ACPI power button; power off if the guest is still up after ``timeout``."""
+        vmdir = self._existing(name)
+        if vmdir.process_alive():
+            control.request(vmdir.socket, "shutdown")
+            if not self._wait_exit(vmdir, timeout, fail=False):
+                return self.poweroff(name)
+        return self.describe(vmdir)
+
+    def _wait_exit(self, vmdir: statedir.VmDir, timeout: float, fail: bool = True) -> bool:
+        deadline = time.monotonic() + timeout
+        while vmdir.process_alive():
+            if time.monotonic() > deadline:
+                if fail:
+                    raise FerryError(f"{vmdir.name}: still running {timeout:.0f} s after poweroff")
+                return False
+            time.sleep(0.05)
+        return True
+
+    def host_info(self) -> dict:
+        from .hostinfo import host_info
+        return host_info(self)

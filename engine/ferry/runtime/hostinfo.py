@@ -1,0 +1,47 @@
+"""What a placement decision needs to know about this host."""
+
+from __future__ import annotations
+
+import os
+
+from ..kvm.fds import Kvm, KvmUnavailable
+from ..kvm import abi
+
+
+def _meminfo() -> dict[str, int]:
+    values = {}
+    with open("/proc/meminfo") as handle:
+        for line in handle:
+            key, rest = line.split(":", 1)
+            values[key] = int(rest.split()[0]) * 1024
+    return values
+
+
+def _kvm() -> dict:
+    try:
+        kvm = Kvm()
+    except KvmUnavailable as err:
+        return {"available": False, "error": str(err)}
+    try:
+        return {"available": True, "flavour": kvm.flavour,
+                "hardware_virtualization": kvm.flavour in ("intel", "amd"),
+                "max_vcpus": kvm.check_extension(abi.CAP_MAX_VCPUS)}
+    finally:
+        kvm.close()
+
+
+def host_info(host) -> dict:
+    memory = _meminfo()
+    vms = [{key: vm[key] for key in ("name", "vcpus", "memory", "state")} for vm in host.list()]
+    running = [vm for vm in vms if vm["state"] in ("running", "paused")]
+    return {
+        "hostname": os.uname().nodename,
+        "kvm": _kvm(),
+        "cpus": os.cpu_count(),
+        "memory_total_mib": memory["MemTotal"] // (1024 * 1024),
+        "memory_free_mib": memory.get("MemAvailable", memory["MemFree"]) // (1024 * 1024),
+        "state_dir": str(host.root),
+        "vms": vms,
+        "committed_vcpus": sum(vm["vcpus"] for vm in running),
+        "committed_memory_mib": sum(vm["memory"] for vm in running),
+    }

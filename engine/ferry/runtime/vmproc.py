@@ -1,0 +1,159 @@
+"""The process that is one running VM (as bhyve runs one process per guest).
+
+Started detached by ``Host.start``; it holds the VM's lock, writes the
+console log and ``status.json``, serves the control socket, and handles
+guest events: poweroff ends the process, a reset reboots the guest in the
+same process (the RTC's NVRAM survives, as on a PC), a crash stops the VM
+and records why.
+
+    python -m ferry.runtime.vmproc --state-dir DIR NAME
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from ..errors import FerryError
+from ..machine.vcpu import GuestEvent, RunState, install_kick_handler
+from ..machine.vm import Event, Machine, MachineSpec
+from . import statedir
+from .control import ControlServer
+
+
+def spec_of(definition) -> MachineSpec:
+    return MachineSpec(definition.name, definition.vcpus, definition.memory,
+                       definition.kernel_path(),
+                       Path(definition.initrd) if definition.initrd else None, definition.cmdline)
+
+
+class Console:
+    """The console log: every byte the guest writes to COM1, kept across reboots."""
+
+    def __init__(self, path: Path):
+        self.handle = open(path, "ab", buffering=0)
+
+    def write(self, data: bytes) -> None:
+        self.handle.write(data)
+
+    def flush(self) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        self.handle.write(f"\n[ferry] {text}\n".encode())
+
+
+class VmProcess:
+    def __init__(self, vmdir: statedir.VmDir):
+        self.vmdir = vmdir
+        self.definition = vmdir.load_definition()
+        self.console = Console(vmdir.console_log)
+        self.lock = threading.Lock()
+        self.machine: Machine | None = None
+        self.boot_count = 0
+        self.server = ControlServer(vmdir.socket, self.handle)
+
+    # --- lifecycle ---
+
+    def boot(self, rtc=None) -> None:
+        self.machine = Machine(spec_of(self.definition), self.console, rtc=rtc)
+        self.machine.boot()
+        self.boot_count += 1
+        self.machine.start()
+        self.vmdir.write_status(state="running", error=None, pid=os.getpid(),
+                                boot_count=self.boot_count, started_at=time.time())
+
+    def run(self) -> int:
+        while True:
+            event = self.machine.events.get()
+            with self.lock:
+                self.machine.stop()
+                if event.kind is GuestEvent.RESET:
+                    self.console.note(f"{event.message}: rebooting")
+                    rtc = self.machine.devices.rtc
+                    self.machine.close()
+                    self.boot(rtc)
+                    continue
+                return self.finish(event)
+
+    def finish(self, event: Event) -> int:
+        crashed = event.kind is GuestEvent.CRASH
+        self.console.note(event.message)
+        self.vmdir.write_status(state="crashed" if crashed else "stopped",
+                                error=event.message if crashed else None, stopped_at=time.time())
+        self.server.close()
+        return 1 if crashed else 0
+
+    # --- control requests ---
+
+    def handle(self, request: dict) -> dict:
+        op = request.get("op")
+        with self.lock:
+            if op == "status":
+                return self.status()
+            if op == "pause":
+                self.machine.pause()
+                self.vmdir.write_status(state="paused")
+            elif op == "resume":
+                self.machine.resume()
+                self.vmdir.write_status(state="running")
+            elif op == "shutdown":
+                self.machine.press_power_button()
+            elif op == "poweroff":
+                self.machine.events.put(Event(GuestEvent.POWEROFF, "powered off by the host"))
+            elif op == "console-input":
+                self.machine.devices.serial.feed(request.get("data", "").encode("latin-1"))
+            else:
+                raise FerryError(f"unknown control request {op!r}")
+            return self.status()
+
+    def status(self) -> dict:
+        state = self.machine.state
+        return {"state": "paused" if state is RunState.PAUSED else state.value,
+                "pid": os.getpid(), "boot_count": self.boot_count,
+                "exits": sum(v.exits for v in self.machine.vcpus)}
+
+
+def _detach_stdio(ready_fd: int, message: str) -> None:
+    os.write(ready_fd, (message + "\n").encode())
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ferry-vm")
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("name")
+    args = parser.parse_args(argv)
+    vmdir = statedir.VmDir(Path(args.state_dir), args.name)
+    stdout = os.dup(1)
+    if vmdir.hold_lock() is None:
+        _detach_stdio(stdout, "already running")
+        return 0
+    install_kick_handler()
+    try:
+        process = VmProcess(vmdir)
+        process.boot()
+    except Exception as err:
+        message = str(err) if isinstance(err, (FerryError, OSError)) else f"{type(err).__name__}: {err}"
+        vmdir.write_status(state="crashed", error=message, stopped_at=time.time())
+        traceback.print_exc()
+        _detach_stdio(stdout, f"error: {message}")
+        return 1
+    signal.signal(signal.SIGTERM, lambda *_: process.machine.events.put(
+        Event(GuestEvent.POWEROFF, "powered off by SIGTERM")))
+    process.server.start()
+    _detach_stdio(stdout, "ready")
+    return process.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

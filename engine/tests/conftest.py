@@ -1,0 +1,40 @@
+"""Shared test policy: KVM tests fail loudly where /dev/kvm is unusable; slow tests are opt-in."""
+
+import functools
+import os
+
+import pytest
+
+
+@functools.cache
+def kvm_problem() -> str | None:
+    from ferry.kvm.fds import Kvm, KvmUnavailable
+    try:
+        Kvm().close()
+    except KvmUnavailable as err:
+        return str(err)
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("FERRY_SLOW_TESTS") == "1":
+        return
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="opt-in slow test: set FERRY_SLOW_TESTS=1"))
+
+
+@pytest.fixture(autouse=True)
+def _require_kvm(request):
+    if "kvm" not in request.keywords or kvm_problem() is None:
+        return
+    if os.environ.get("FERRY_ALLOW_NO_KVM") == "1":
+        pytest.skip(f"NO KVM: {kvm_problem()}")
+    pytest.fail(f"KVM is required and unusable: {kvm_problem()} (FERRY_ALLOW_NO_KVM=1 skips instead)")
+
+
+def pytest_terminal_summary(terminalreporter):
+    skipped = terminalreporter.stats.get("skipped", [])
+    no_kvm = [r for r in skipped if "NO KVM" in str(r.longrepr)]
+    if no_kvm:
+        terminalreporter.write_sep("!", f"{len(no_kvm)} KVM TESTS DID NOT RUN: /dev/kvm unusable", red=True)
