@@ -1,0 +1,134 @@
+"""The engine on real KVM, driven through ``ferry`` with the built-in self-checking guest."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .helpers import assert_sequence_continues
+
+pytestmark = pytest.mark.kvm
+GUEST = "builtin:selfcheck"
+
+
+def boot(ferry, tmp_path, name="vm1", vcpus=1, memory=64, cmdline="fill=50 rate=2000 hb=200"):
+    ferry.define(tmp_path, name=name, vcpus=vcpus, memory=memory, kernel=GUEST, cmdline=cmdline)
+    return ferry.ok("start", name)
+
+
+def test_builtin_guest_boots_and_heartbeats_ok(ferry, tmp_path):
+    vm = boot(ferry, tmp_path)
+    assert vm["state"] == "running" and vm["pid"]
+    beats = ferry.wait_heartbeats("vm1", 5)
+    assert_sequence_continues(beats)
+    assert beats[-1][3] > 0, "the workload wrote no pages"
+    assert b"FERRY-SELFCHECK" in ferry.console("vm1")
+
+
+def test_pause_resume_keeps_the_sequence(ferry, tmp_path):
+    boot(ferry, tmp_path)
+    ferry.wait_heartbeats("vm1", 3)
+    assert ferry.ok("pause", "vm1")["state"] == "paused"
+    frozen = len(ferry.heartbeats("vm1"))
+    time.sleep(1.0)
+    assert len(ferry.heartbeats("vm1")) == frozen, "heartbeats while paused"
+    assert ferry.ok("resume", "vm1")["state"] == "running"
+    beats = ferry.wait_heartbeats("vm1", frozen + 4)
+    assert_sequence_continues(beats)
+
+
+def test_two_vcpus_both_report(ferry, tmp_path):
+    boot(ferry, tmp_path, vcpus=2)
+    for cpu in (0, 1):
+        assert_sequence_continues(ferry.wait_heartbeats("vm1", 3, cpu=cpu))
+
+
+def test_guest_poweroff_ends_the_vm_process(ferry, tmp_path):
+    vm = boot(ferry, tmp_path, cmdline="hb=100 poweroff_after=2")
+    vm = ferry.wait_state("vm1", "stopped")
+    assert vm["error"] is None and vm["pid"] is None
+    assert b"powered off" in ferry.console("vm1")
+
+
+def test_guest_reboot_restarts_the_guest(ferry, tmp_path):
+    boot(ferry, tmp_path, cmdline="hb=100 reboot_after=2")
+    ferry.wait_console("vm1", rb"FERRY-SELFCHECK .*boot=2", timeout=60)
+    vm = ferry.ok("status", "vm1")
+    assert vm["state"] == "running" and vm["boot_count"] == 2
+
+
+@pytest.mark.parametrize("crash, words", [("triple", "triple fault"), ("internal", "KVM")])
+def test_guest_crash_stops_the_vm_with_a_message(ferry, tmp_path, crash, words):
+    boot(ferry, tmp_path, cmdline=f"hb=100 crash={crash}")
+    vm = ferry.wait_state("vm1", "crashed")
+    assert words in vm["error"]
+    text = ferry.run("status", "vm1").out
+    assert "crashed" in text and words in text
+
+
+def test_two_starts_leave_one_process(ferry, tmp_path):
+    ferry.define(tmp_path, name="vm1", vcpus=1, memory=32, kernel=GUEST, cmdline="hb=200")
+    starts = [subprocess.Popen([sys.executable, "-m", "ferry.cli", "--json", "start", "vm1"],
+                               env=ferry.env, stdout=subprocess.PIPE) for _ in range(2)]
+    assert [p.wait(60) for p in starts] == [0, 0]
+    pid = ferry.ok("status", "vm1")["pid"]
+    assert ferry.ok("start", "vm1")["pid"] == pid
+    found = subprocess.run(["pgrep", "-f", f"ferry.runtime.vmproc --state-dir {ferry.state_dir} vm1"],
+                           capture_output=True, text=True).stdout.split()
+    assert found == [str(pid)]
+
+
+def test_vm_outlives_the_shell_that_started_it(ferry, tmp_path):
+    ferry.define(tmp_path, name="vm1", vcpus=1, memory=32, kernel=GUEST, cmdline="hb=200")
+    shell = subprocess.Popen(["bash", "-c", f"{sys.executable} -m ferry.cli start vm1; sleep 30"],
+                             env=ferry.env, start_new_session=True)
+    ferry.wait_heartbeats("vm1", 1)
+    os.killpg(shell.pid, signal.SIGHUP)
+    shell.wait(10)
+    before = len(ferry.heartbeats("vm1"))
+    ferry.wait_heartbeats("vm1", before + 3)
+    assert ferry.ok("status", "vm1")["state"] == "running"
+
+
+@pytest.mark.parametrize("values, key", [
+    ({"name": "a", "vcpus": 1, "memory": 32, "kernel": GUEST, "color": "red"}, "color"),
+    ({"name": "a", "vcpus": 1, "memory": 0, "kernel": GUEST}, "memory"),
+    ({"name": "a", "vcpus": 0, "memory": 32, "kernel": GUEST}, "vcpus"),
+    ({"name": "a", "vcpus": 1, "memory": "lots", "kernel": GUEST}, "memory"),
+    ({"name": "a", "vcpus": 1, "memory": 32, "kernel": "/nonexistent/kernel"}, "kernel"),
+    ({"name": "A B", "vcpus": 1, "memory": 32, "kernel": GUEST}, "name"),
+])
+def test_bad_definitions_get_one_line_naming_the_key(ferry, tmp_path, values, key):
+    import yaml
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(values))
+    result = ferry.run("define", str(path))
+    assert result.code != 0
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.err
+    assert key in lines[0]
+
+
+def test_duplicate_name_is_refused(ferry, tmp_path):
+    ferry.define(tmp_path, name="vm1", vcpus=1, memory=32, kernel=GUEST)
+    result = ferry.run("define", str(tmp_path / "vm1.yaml"))
+    assert result.code != 0 and "name" in result.err and "already defined" in result.err
+
+
+def test_host_info_reports_kvm_and_vms(ferry, tmp_path):
+    boot(ferry, tmp_path)
+    info = ferry.ok("host-info")
+    assert info["kvm"]["available"] and info["cpus"] >= 1
+    assert info["vms"] == [{"name": "vm1", "vcpus": 1, "memory": 64, "state": "running"}]
+
+
+def test_undefine_removes_the_folder(ferry, tmp_path):
+    boot(ferry, tmp_path)
+    assert ferry.run("undefine", "vm1").code != 0, "undefine of a running VM must be refused"
+    ferry.ok("poweroff", "vm1")
+    ferry.ok("undefine", "vm1")
+    assert not (ferry.state_dir / "vms" / "vm1").exists()
+    assert ferry.ok("list") == []
