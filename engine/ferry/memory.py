@@ -56,6 +56,7 @@ class GuestMemory:
             fd = os.memfd_create("ferry-guest-ram", os.MFD_CLOEXEC)
             os.ftruncate(fd, size)
         self.fd = fd
+        self.private = private
         flags = mmap.MAP_PRIVATE if private else mmap.MAP_SHARED
         self.map = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         self.view = memoryview(self.map)

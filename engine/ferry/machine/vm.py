@@ -55,7 +55,8 @@ class Devices:
 
 
 class Machine:
-    def __init__(self, spec: MachineSpec, console, rtc: Rtc | None = None, kvm: Kvm | None = None):
+    def __init__(self, spec: MachineSpec, console, rtc: Rtc | None = None, kvm: Kvm | None = None,
+                 memory: GuestMemory | None = None):
         self.spec = spec
         self.kvm = kvm or Kvm()
         self.events: queue.Queue[Event] = queue.Queue()
@@ -64,8 +65,8 @@ class Machine:
         # The irqchip and PIT must exist before any vCPU is created.
         self.vm.create_irqchip()
         self.vm.create_pit2()
-        self.memory = GuestMemory(spec.memory_mib * layout.MIB)
-        self._register_memory()
+        self.memory = memory or GuestMemory(spec.memory_mib * layout.MIB)
+        self.register_memory()
         self.io_bus, self.mmio_bus = PortIoBus(), MmioBus()
         self.devices = self._build_devices(console, rtc)
         self.vcpus = [Vcpu(self.vm.create_vcpu(i), self.io_bus, self.mmio_bus, self._on_event)
@@ -74,7 +75,8 @@ class Machine:
 
     # --- wiring ---
 
-    def _register_memory(self, flags: int = 0) -> None:
+    def register_memory(self, flags: int = 0) -> None:
+        """(Re-)register every RAM slot; ``flags`` turns dirty logging on or off."""
         for slot, region in enumerate(self.memory.regions):
             self.vm.set_user_memory_region(slot, region.gpa, region.size,
                                            self.memory.host_address(region), flags)

@@ -97,10 +97,10 @@ class Host:
             os.close(lock)
         return self.describe(vmdir)
 
-    def _spawn(self, vmdir: statedir.VmDir, timeout: float) -> None:
+    def _spawn(self, vmdir: statedir.VmDir, timeout: float, extra: tuple[str, ...] = ()) -> None:
         log = open(vmdir.engine_log, "ab")
         child = subprocess.Popen(
-            [sys.executable, "-m", "ferry.runtime.vmproc", "--state-dir", str(self.root), vmdir.name],
+            [sys.executable, "-m", "ferry.runtime.vmproc", "--state-dir", str(self.root), *extra, vmdir.name],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
             start_new_session=True, close_fds=True)
         log.close()

@@ -46,6 +46,18 @@ class VmDir:
         self.lock_file = self.path / "vm.lock"
         self.start_lock_file = self.path / "start.lock"
 
+    @property
+    def snapshots(self) -> Path:
+        return self.path / "snapshots"
+
+    def snapshot_dir(self, snapshot_id: str) -> Path:
+        return self.snapshots / snapshot_id
+
+    def snapshot_ids(self) -> list[str]:
+        if not self.snapshots.is_dir():
+            return []
+        return sorted(p.name for p in self.snapshots.iterdir() if not p.name.startswith(".") and p.is_dir())
+
     def exists(self) -> bool:
         return self.definition_file.is_file()
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from ..errors import FerryError
 from ..machine.vcpu import GuestEvent, RunState, install_kick_handler
 from ..machine.vm import Event, Machine, MachineSpec
+from ..snapshot import restore, save
 from . import statedir
 from .control import ControlServer
 
@@ -65,8 +66,18 @@ class VmProcess:
         self.machine = Machine(spec_of(self.definition), self.console, rtc=rtc)
         self.machine.boot()
         self.boot_count += 1
+        self._started()
+
+    def restore(self, folder: Path, lazy: bool, verify_memory: bool) -> None:
+        self.machine, manifest = restore.build(folder, self.console, spec_of(self.definition),
+                                               lazy=lazy, verify_memory=verify_memory)
+        self.console.note(f"restored from snapshot {manifest['id']} ({'lazy' if lazy else 'eager'})")
+        self.boot_count = 1
+        self._started(restored_from=str(folder))
+
+    def _started(self, restored_from: str | None = None) -> None:
         self.machine.start()
-        self.vmdir.write_status(state="running", error=None, pid=os.getpid(),
+        self.vmdir.write_status(state="running", error=None, pid=os.getpid(), restored_from=restored_from,
                                 boot_count=self.boot_count, started_at=time.time())
 
     def run(self) -> int:
@@ -107,11 +118,22 @@ class VmProcess:
                 self.machine.press_power_button()
             elif op == "poweroff":
                 self.machine.events.put(Event(GuestEvent.POWEROFF, "powered off by the host"))
+            elif op == "snapshot":
+                return self.snapshot(request)
             elif op == "console-input":
                 self.machine.devices.serial.feed(request.get("data", "").encode("latin-1"))
             else:
                 raise FerryError(f"unknown control request {op!r}")
             return self.status()
+
+    def snapshot(self, request: dict) -> dict:
+        folder = self.vmdir.snapshot_dir(request["id"])
+        stop_after = bool(request.get("exit"))
+        result = save.create(self.machine, folder, self.definition.to_dict(), request["origin"],
+                             request.get("tags", []), live=request.get("live", True), leave_paused=stop_after)
+        if stop_after:
+            self.machine.events.put(Event(GuestEvent.POWEROFF, f"stopped after snapshot {request['id']}"))
+        return result
 
     def status(self) -> dict:
         state = self.machine.state
@@ -131,6 +153,9 @@ def _detach_stdio(ready_fd: int, message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ferry-vm")
     parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--restore", type=Path, help="start from this snapshot directory")
+    parser.add_argument("--eager", action="store_true", help="copy snapshot memory in before running")
+    parser.add_argument("--no-verify", action="store_true", help="skip memory checksums on restore")
     parser.add_argument("name")
     args = parser.parse_args(argv)
     vmdir = statedir.VmDir(Path(args.state_dir), args.name)
@@ -141,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     install_kick_handler()
     try:
         process = VmProcess(vmdir)
-        process.boot()
+        if args.restore:
+            process.restore(args.restore, lazy=not args.eager, verify_memory=not args.no_verify)
+        else:
+            process.boot()
     except Exception as err:
         message = str(err) if isinstance(err, (FerryError, OSError)) else f"{type(err).__name__}: {err}"
         vmdir.write_status(state="crashed", error=message, stopped_at=time.time())

@@ -1,0 +1,84 @@
+"""``ferry snapshot create|list|delete|verify`` and ``ferry restore``."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import snapshots
+from .host import Host
+
+
+def _render_snapshot(snap: dict) -> None:
+    if snap.get("error"):
+        print(f"{snap['id']}: DAMAGED - {snap['error']}")
+        return
+    disk = (snap.get("disk_bytes") or 0) / 2**20
+    pause = snap.get("pause_ms")
+    print(f"{snap['id']}: {snap['created']} {snap['origin'].get('kind')} "
+          f"tags={','.join(snap['tags']) or '-'} disk={disk:.1f} MiB"
+          + (f" pause={pause:.1f} ms" if pause is not None else "")
+          + (" verified" if snap.get("verified") else ""))
+
+
+def _render_list(snaps: list) -> None:
+    if not snaps:
+        print("no snapshots")
+    for snap in snaps:
+        _render_snapshot(snap)
+
+
+def cmd_create(args):
+    return snapshots.create(Host(args.state_dir), args.name, args.snapshot, args.tag or (),
+                            exit=args.exit, live=not args.stop_the_world)
+
+
+def cmd_list(args):
+    return snapshots.list_snapshots(Host(args.state_dir), args.name)
+
+
+def cmd_delete(args):
+    return snapshots.delete(Host(args.state_dir), args.name, args.id)
+
+
+def cmd_verify(args):
+    return snapshots.verify(Host(args.state_dir), args.name, args.id)
+
+
+def cmd_restore(args):
+    return snapshots.restore(Host(args.state_dir), args.name, args.id, as_name=args.as_name,
+                             replace=args.replace, eager=args.eager)
+
+
+def register(sub) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state-dir", help="state directory (default $FERRY_STATE_DIR or /var/lib/ferry)")
+    group = sub.add_parser("snapshot", help="save, list, delete and verify snapshots of a VM")
+    actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    create = actions.add_parser("create", parents=[common], help="save a running VM (live by default)")
+    create.add_argument("name")
+    create.add_argument("--snapshot", help="snapshot id (default: UTC time)")
+    create.add_argument("--tag", action="append", help="tag the snapshot (repeatable)")
+    create.add_argument("--exit", action="store_true", help="stop the VM after saving")
+    create.add_argument("--stop-the-world", action="store_true", help="pause for the whole save")
+    create.set_defaults(func=cmd_create, render=_render_snapshot)
+
+    listing = actions.add_parser("list", parents=[common], help="list a VM's snapshots")
+    listing.add_argument("name")
+    listing.set_defaults(func=cmd_list, render=_render_list)
+
+    for action, func, text in (("delete", cmd_delete, "delete a snapshot"),
+                               ("verify", cmd_verify, "check every checksum of a snapshot")):
+        parser = actions.add_parser(action, parents=[common], help=text)
+        parser.add_argument("name")
+        parser.add_argument("id")
+        parser.set_defaults(func=func, render=_render_snapshot if action == "verify"
+                            else lambda r: print(f"{r['vm']}: snapshot {r['id']} deleted"))
+
+    restore = sub.add_parser("restore", parents=[common], help="run a VM from one of its snapshots")
+    restore.add_argument("name")
+    restore.add_argument("id")
+    restore.add_argument("--as", dest="as_name", metavar="NEWNAME", help="restore as a new VM (a clone)")
+    restore.add_argument("--replace", action="store_true", help="power off the running VM and restore over it")
+    restore.add_argument("--eager", action="store_true", help="copy memory in now instead of mapping it")
+    restore.set_defaults(func=cmd_restore, render=lambda vm: print(f"{vm['name']}: {vm['state']} (restored)"))

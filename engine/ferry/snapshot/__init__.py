@@ -1,0 +1,1 @@
+"""Snapshots: a self-describing, versioned on-disk image of a running VM."""

@@ -1,0 +1,82 @@
+"""Building a machine from a snapshot directory: nothing but the directory is needed.
+
+Lazy (default): the memory file is mapped copy-on-write, so the guest runs
+as soon as the device state is in and pages load as it touches them. Eager:
+the used ranges are read into a fresh memfd first, so the VM no longer
+depends on the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from ..machine import state
+from ..machine.vm import Machine, MachineSpec
+from ..memory import GuestMemory
+from . import format as fmt
+from . import memio
+
+VCPU_SECTION = re.compile(r"^vcpu\.\d+$")
+
+
+def load(folder: Path, verify_memory: bool = True) -> tuple[dict, dict[str, state.Section]]:
+    manifest = fmt.verify(folder) if verify_memory else fmt.read_manifest(folder)
+    return manifest, fmt.read_sections(folder, manifest)
+
+
+def _check_versions(sections: dict[str, state.Section]) -> None:
+    for section in sections.values():
+        if VCPU_SECTION.match(section.name):
+            newest = state.VCPU_VERSION
+        elif section.name in state.VM_SECTIONS:
+            newest = state.KVM_VM_VERSION
+        else:
+            continue  # device sections are checked by their own state types
+        if section.version > newest:
+            raise fmt.SnapshotError(f"section {section.name}: version {section.version} is newer "
+                                    f"than this engine's {newest}")
+
+
+def _check_names(machine: Machine, sections: dict[str, state.Section]) -> None:
+    unknown = sorted(set(sections) - set(state.expected_names(machine)))
+    if unknown:
+        raise fmt.SnapshotError(f"section {unknown[0]}: unknown to this engine")
+
+
+def _memory(folder: Path, manifest: dict, lazy: bool) -> GuestMemory:
+    size = manifest["memory"]["size"]
+    fd = os.open(folder / manifest["memory"]["file"], os.O_RDONLY | os.O_CLOEXEC)
+    if lazy:
+        return GuestMemory(size, fd=fd, private=True)
+    try:
+        memory = GuestMemory(size)
+        for start, end in fmt.data_ranges(fd, size):
+            memio.read_range(memory.view, fd, start, end)
+        return memory
+    finally:
+        os.close(fd)
+
+
+def build(folder: Path, console, spec: MachineSpec, lazy: bool = True,
+          verify_memory: bool = True) -> tuple[Machine, dict]:
+    """A paused machine holding the snapshot's state, ready to ``start``."""
+    manifest, sections = load(folder, verify_memory)
+    _check_versions(sections)
+    machine = Machine(spec, console, memory=_memory(folder, manifest, lazy))
+    try:
+        _check_names(machine, sections)
+        state.apply(machine, sections)
+    except BaseException:
+        machine.close()
+        raise
+    return machine, manifest
+
+
+def spec_from_manifest(manifest: dict, name: str | None = None) -> MachineSpec:
+    definition = manifest["definition"]
+    return MachineSpec(name or definition["name"], definition["vcpus"], definition["memory"],
+                       Path(definition["kernel"]),
+                       Path(definition["initrd"]) if definition.get("initrd") else None,
+                       definition.get("cmdline", ""))

@@ -1,0 +1,142 @@
+"""Saving a running machine into a snapshot directory.
+
+Live by default (as a pre-copy migration, into a file): dirty logging on,
+all used memory written while the guest runs, then rounds of what it
+dirtied, then a pause only for the last small delta and the device state.
+The directory appears under its final name only once complete and synced;
+any failure removes it and leaves the VM running.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .. import __version__
+from ..machine import state
+from . import format as fmt
+from . import memio
+
+MAX_ROUNDS = 8
+SMALL_DELTA = 4 * 1024 * 1024  # pause once what is left is this small
+
+
+@dataclass
+class SaveReport:
+    mode: str
+    pause_ms: float = 0.0
+    total_ms: float = 0.0
+    rounds: list[int] = field(default_factory=list)
+    bytes_written: int = 0
+    disk_bytes: int = 0
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _copy(machine, out: int, ranges, report: SaveReport) -> int:
+    for start, end in ranges:
+        memio.write_range(machine.memory.view, out, start, end)
+    written = memio.total(ranges)
+    report.bytes_written += written
+    return written
+
+
+def _precopy(machine, out: int, report: SaveReport) -> None:
+    memio.set_dirty_logging(machine, True)
+    _copy(machine, out, memio.used_ranges(machine.memory), report)
+    for _ in range(MAX_ROUNDS):
+        written = _copy(machine, out, memio.dirty_ranges(machine), report)
+        report.rounds.append(written)
+        if written <= SMALL_DELTA:
+            break
+
+
+def write_memory(machine, out: int, live: bool, report: SaveReport) -> list[state.Section]:
+    """Write RAM into ``out``; return the sections, captured while paused. Leaves the VM paused."""
+    try:
+        if live:
+            _precopy(machine, out, report)
+        started = time.perf_counter()
+        machine.pause()
+        try:
+            ranges = memio.dirty_ranges(machine) if live else memio.used_ranges(machine.memory)
+            _copy(machine, out, ranges, report)
+            sections = state.capture(machine)
+        finally:
+            report.pause_ms = (time.perf_counter() - started) * 1000
+        return sections
+    finally:
+        if live:
+            memio.set_dirty_logging(machine, False)
+
+
+def create(machine, folder: Path, definition: dict, origin: dict, tags: list[str],
+           live: bool = True, leave_paused: bool = False) -> dict:
+    """Save ``machine`` as snapshot ``folder``; resume it unless ``leave_paused``."""
+    began = time.perf_counter()
+    partial = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    report = SaveReport("live" if live else "stop-the-world")
+    resume_needed = False
+    try:
+        out = os.open(partial / fmt.MEMORY, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(out, machine.memory.size)
+            resume_needed = True
+            sections = write_memory(machine, out, live, report)
+            if not leave_paused:
+                machine.resume()
+                resume_needed = False
+            os.fsync(out)
+        finally:
+            os.close(out)
+        manifest = _manifest(folder.name, machine, definition, origin, tags, partial, sections, report)
+        manifest["save"] = {**report.__dict__, "total_ms": (time.perf_counter() - began) * 1000}
+        fmt.write_manifest(partial, manifest)
+        _sync_dir(partial)
+        os.rename(partial, folder)
+        _sync_dir(folder.parent)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        if resume_needed:
+            machine.resume()
+        raise
+    return summary(folder, fmt.read_manifest(folder))
+
+
+def _manifest(snapshot_id: str, machine, definition: dict, origin: dict, tags: list[str],
+              partial: Path, sections, report: SaveReport) -> dict:
+    entries = fmt.write_state(partial, sections)
+    digests = fmt.memory_digests(partial / fmt.MEMORY, machine.memory.size)
+    report.disk_bytes = os.stat(partial / fmt.MEMORY).st_blocks * 512
+    return {
+        "id": snapshot_id,
+        "engine_version": __version__,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "origin": origin,
+        "tags": sorted(set(tags)),
+        "definition": definition,
+        "sections": entries,
+        "memory": {"file": fmt.MEMORY, "size": machine.memory.size, "chunk_size": fmt.CHUNK_SIZE,
+                   "chunks": digests, "compression": None},
+    }
+
+
+def summary(folder: Path, manifest: dict) -> dict:
+    save = manifest.get("save", {})
+    return {"id": manifest["id"], "created": manifest["created"], "origin": manifest["origin"],
+            "tags": manifest["tags"], "vm": manifest["definition"]["name"],
+            "memory_bytes": manifest["memory"]["size"], "disk_bytes": save.get("disk_bytes"),
+            "mode": save.get("mode"), "pause_ms": save.get("pause_ms"), "total_ms": save.get("total_ms"),
+            "path": str(folder)}
