@@ -12,16 +12,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..boot import cpu, elf, layout
-from ..devices.acpi_pm import AcpiPm
+from ..devices.acpi_pm import AcpiPm, AcpiPmState
 from ..devices.bus import MmioBus, PortIoBus
-from ..devices.i8042 import I8042
-from ..devices.rtc import Rtc
-from ..devices.serial import Serial
+from ..devices.i8042 import I8042, I8042State
+from ..devices.rtc import Rtc, RtcState
+from ..devices.serial import Serial, SerialState
 from ..errors import FerryError
 from ..kvm import abi
 from ..kvm.fds import Kvm
 from ..memory import GuestMemory
 from .vcpu import GuestEvent, RunState, Vcpu
+
+# Every device section a machine has, by name, with the state type that reads it.
+DEVICE_STATES = {"serial.com1": SerialState, "i8042": I8042State, "rtc": RtcState, "acpi.pm": AcpiPmState}
 
 TSS_ADDRESS = 0xFFFBD000  # three pages KVM needs on VMX hosts, inside the MMIO window
 COM1, COM1_IRQ = 0x3F8, 4
@@ -43,6 +46,7 @@ class MachineSpec:
 class Event:
     kind: GuestEvent
     message: str
+    by_host: bool = False  # host-side stops stay out of the guest's console
 
 
 @dataclass

@@ -45,7 +45,7 @@ def cmd_verify(args):
 
 
 def cmd_restore(args):
-    return snapshots.restore(Host(args.state_dir), args.name, args.id, as_name=args.as_name,
+    return snapshots.restore_snapshot(Host(args.state_dir), args.name, args.id, as_name=args.as_name,
                              replace=args.replace, eager=args.eager)
 
 

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 
 from ..errors import Conflict, FerryError, NotFound
 from ..snapshot import format as fmt
+from ..snapshot import restore
 from ..snapshot.save import summary
 from . import control
 from .host import START_TIMEOUT, Host
@@ -76,15 +77,17 @@ def delete(host: Host, name: str, snapshot_id: str) -> dict:
 def verify(host: Host, name: str, snapshot_id: str) -> dict:
     _, folder = _folder(host, name, snapshot_id)
     manifest = fmt.verify(folder)
+    restore.check_sections(manifest)
     return {**summary(folder, manifest), "verified": True,
             "sections": len(manifest["sections"]), "chunks": len(manifest["memory"]["chunks"])}
 
 
-def restore(host: Host, name: str, snapshot_id: str, as_name: str | None = None, replace: bool = False,
+def restore_snapshot(host: Host, name: str, snapshot_id: str, as_name: str | None = None, replace: bool = False,
             eager: bool = False, verify_memory: bool = True, timeout: float = START_TIMEOUT) -> dict:
     vmdir, folder = _folder(host, name, snapshot_id)
     # Everything is checked before a running VM is touched: a bad snapshot changes nothing.
     manifest = fmt.verify(folder) if verify_memory else fmt.read_manifest(folder)
+    restore.check_sections(manifest)
     target = _target(host, vmdir, manifest, as_name, replace)
     extra = ("--restore", str(folder)) + (("--eager",) if eager else ()) + ("--no-verify",)
     lock = target.start_lock()

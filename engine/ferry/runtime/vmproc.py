@@ -34,6 +34,12 @@ def spec_of(definition) -> MachineSpec:
                        Path(definition.initrd) if definition.initrd else None, definition.cmdline)
 
 
+def log(text: str) -> None:
+    """The engine log (this process's stderr): what the host did to the VM, and why it stopped."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    print(f"{stamp} {text}", file=sys.stderr, flush=True)
+
+
 class Console:
     """The console log: every byte the guest writes to COM1, kept across reboots."""
 
@@ -71,7 +77,7 @@ class VmProcess:
     def restore(self, folder: Path, lazy: bool, verify_memory: bool) -> None:
         self.machine, manifest = restore.build(folder, self.console, spec_of(self.definition),
                                                lazy=lazy, verify_memory=verify_memory)
-        self.console.note(f"restored from snapshot {manifest['id']} ({'lazy' if lazy else 'eager'})")
+        log(f"restored from snapshot {manifest['id']} ({'lazy' if lazy else 'eager'})")
         self.boot_count = 1
         self._started(restored_from=str(folder))
 
@@ -87,6 +93,7 @@ class VmProcess:
                 self.machine.stop()
                 if event.kind is GuestEvent.RESET:
                     self.console.note(f"{event.message}: rebooting")
+                    log(f"{event.message}: rebooting")
                     rtc = self.machine.devices.rtc
                     self.machine.close()
                     self.boot(rtc)
@@ -95,7 +102,9 @@ class VmProcess:
 
     def finish(self, event: Event) -> int:
         crashed = event.kind is GuestEvent.CRASH
-        self.console.note(event.message)
+        if not event.by_host:
+            self.console.note(event.message)
+        log(event.message)
         self.vmdir.write_status(state="crashed" if crashed else "stopped",
                                 error=event.message if crashed else None, stopped_at=time.time())
         self.server.close()
@@ -117,7 +126,7 @@ class VmProcess:
             elif op == "shutdown":
                 self.machine.press_power_button()
             elif op == "poweroff":
-                self.machine.events.put(Event(GuestEvent.POWEROFF, "powered off by the host"))
+                self.machine.events.put(Event(GuestEvent.POWEROFF, "powered off by the host", by_host=True))
             elif op == "snapshot":
                 return self.snapshot(request)
             elif op == "console-input":
@@ -132,7 +141,8 @@ class VmProcess:
         result = save.create(self.machine, folder, self.definition.to_dict(), request["origin"],
                              request.get("tags", []), live=request.get("live", True), leave_paused=stop_after)
         if stop_after:
-            self.machine.events.put(Event(GuestEvent.POWEROFF, f"stopped after snapshot {request['id']}"))
+            self.machine.events.put(Event(GuestEvent.POWEROFF, f"stopped after snapshot {request['id']}",
+                                           by_host=True))
         return result
 
     def status(self) -> dict:
@@ -177,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         _detach_stdio(stdout, f"error: {message}")
         return 1
     signal.signal(signal.SIGTERM, lambda *_: process.machine.events.put(
-        Event(GuestEvent.POWEROFF, "powered off by SIGTERM")))
+        Event(GuestEvent.POWEROFF, "powered off by SIGTERM", by_host=True)))
     process.server.start()
     _detach_stdio(stdout, "ready")
     return process.run()

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from ..machine import state
-from ..machine.vm import Machine, MachineSpec
+from ..machine.vm import DEVICE_STATES, Machine, MachineSpec
 from ..memory import GuestMemory
 from . import format as fmt
 from . import memio
@@ -26,23 +26,24 @@ def load(folder: Path, verify_memory: bool = True) -> tuple[dict, dict[str, stat
     return manifest, fmt.read_sections(folder, manifest)
 
 
-def _check_versions(sections: dict[str, state.Section]) -> None:
-    for section in sections.values():
-        if VCPU_SECTION.match(section.name):
-            newest = state.VCPU_VERSION
-        elif section.name in state.VM_SECTIONS:
-            newest = state.KVM_VM_VERSION
-        else:
-            continue  # device sections are checked by their own state types
-        if section.version > newest:
-            raise fmt.SnapshotError(f"section {section.name}: version {section.version} is newer "
+def _newest_version(name: str, vcpus: int) -> int:
+    if VCPU_SECTION.match(name) and int(name.split(".")[1]) < vcpus:
+        return state.VCPU_VERSION
+    if name in state.VM_SECTIONS:
+        return state.KVM_VM_VERSION
+    if name in DEVICE_STATES:
+        return DEVICE_STATES[name].VERSION
+    raise fmt.SnapshotError(f"section {name}: unknown to this engine")
+
+
+def check_sections(manifest: dict) -> None:
+    """Refuse sections this engine does not know, or knows only in an older version."""
+    vcpus = manifest["definition"]["vcpus"]
+    for entry in manifest["sections"]:
+        newest = _newest_version(entry["name"], vcpus)
+        if entry["version"] > newest:
+            raise fmt.SnapshotError(f"section {entry['name']}: version {entry['version']} is newer "
                                     f"than this engine's {newest}")
-
-
-def _check_names(machine: Machine, sections: dict[str, state.Section]) -> None:
-    unknown = sorted(set(sections) - set(state.expected_names(machine)))
-    if unknown:
-        raise fmt.SnapshotError(f"section {unknown[0]}: unknown to this engine")
 
 
 def _memory(folder: Path, manifest: dict, lazy: bool) -> GuestMemory:
@@ -63,10 +64,9 @@ def build(folder: Path, console, spec: MachineSpec, lazy: bool = True,
           verify_memory: bool = True) -> tuple[Machine, dict]:
     """A paused machine holding the snapshot's state, ready to ``start``."""
     manifest, sections = load(folder, verify_memory)
-    _check_versions(sections)
+    check_sections(manifest)
     machine = Machine(spec, console, memory=_memory(folder, manifest, lazy))
     try:
-        _check_names(machine, sections)
         state.apply(machine, sections)
     except BaseException:
         machine.close()

@@ -53,7 +53,7 @@ class Ferry:
         except FileNotFoundError:
             return b""
 
-    def heartbeats(self, name: str, cpu: int | None = None) -> list[tuple]:
+    def heartbeats(self, name: str, cpu: int | None = 0) -> list[tuple]:
         beats = [tuple(int(g) if g.isdigit() else g.decode() for g in m.groups())
                  for m in HEARTBEAT.finditer(self.console(name))]
         return [b for b in beats if cpu is None or b[0] == cpu]
