@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Everything Ferry needs on a fresh Debian 12 machine (run as root), idempotent:
+# Debian packages, a venv in .venv with Ansible and the engine (which builds the
+# built-in guest), and this checkout made visible to Ansible as ferry.hypervisor.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+packages=(
+    openssh-server openssh-client iproute2 iputils-ping procps psmisc util-linux
+    gcc make binutils python3 python3-venv python3-dev
+    busybox-static cpio gzip lz4 zstd
+)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    echo "setup: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+python=${FERRY_PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
+.venv/bin/python -m pip install -q --disable-pip-version-check -e engine
+scripts/link-collection.sh >/dev/null
+echo "setup: ready ($(.venv/bin/ferry --help >/dev/null && echo ferry) $(.venv/bin/ansible --version | head -1))"
