@@ -17,6 +17,7 @@ def _render_snapshot(snap: dict) -> None:
     print(f"{snap['id']}: {snap['created']} {snap['origin'].get('kind')} "
           f"tags={','.join(snap['tags']) or '-'} disk={disk:.1f} MiB"
           + (f" pause={pause:.1f} ms" if pause is not None else "")
+          + (f" zstd in {snap['compress_ms']:.0f} ms" if snap.get("compression") else "")
           + (" verified" if snap.get("verified") else ""))
 
 
@@ -29,7 +30,7 @@ def _render_list(snaps: list) -> None:
 
 def cmd_create(args):
     return snapshots.create(Host(args.state_dir), args.name, args.snapshot, args.tag or (),
-                            exit=args.exit, live=not args.stop_the_world)
+                            exit=args.exit, live=not args.stop_the_world, compress=args.compress)
 
 
 def cmd_list(args):
@@ -61,6 +62,7 @@ def register(sub) -> None:
     create.add_argument("--tag", action="append", help="tag the snapshot (repeatable)")
     create.add_argument("--exit", action="store_true", help="stop the VM after saving")
     create.add_argument("--stop-the-world", action="store_true", help="pause for the whole save")
+    create.add_argument("--compress", action="store_true", help="zstd-compress the memory (archives; restores eagerly)")
     create.set_defaults(func=cmd_create, render=_render_snapshot)
 
     listing = actions.add_parser("list", parents=[common], help="list a VM's snapshots")

@@ -44,7 +44,7 @@ def _folder(host: Host, name: str, snapshot_id: str):
 
 
 def create(host: Host, name: str, snapshot_id: str | None = None, tags=(), exit: bool = False,
-           live: bool = True, origin: dict | None = None) -> dict:
+           live: bool = True, origin: dict | None = None, compress: bool = False) -> dict:
     vmdir = host._existing(name)
     if not vmdir.process_alive():
         raise Conflict(f"{name}: the VM is not running; a snapshot saves a running VM")
@@ -53,7 +53,8 @@ def create(host: Host, name: str, snapshot_id: str | None = None, tags=(), exit:
         raise Conflict(f"snapshot: {name} already has a snapshot {snapshot_id!r}")
     vmdir.snapshots.mkdir(exist_ok=True, mode=0o700)
     return control.request(vmdir.socket, "snapshot", timeout=SAVE_TIMEOUT, id=snapshot_id,
-                           tags=list(tags), exit=exit, live=live, origin=origin or {"kind": "manual"})
+                           tags=list(tags), exit=exit, live=live, origin=origin or {"kind": "manual"},
+                           compress=compress)
 
 
 def list_snapshots(host: Host, name: str) -> list[dict]:

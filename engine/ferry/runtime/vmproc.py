@@ -139,7 +139,8 @@ class VmProcess:
         folder = self.vmdir.snapshot_dir(request["id"])
         stop_after = bool(request.get("exit"))
         result = save.create(self.machine, folder, self.definition.to_dict(), request["origin"],
-                             request.get("tags", []), live=request.get("live", True), leave_paused=stop_after)
+                             request.get("tags", []), live=request.get("live", True), leave_paused=stop_after,
+                             compress=bool(request.get("compress")))
         if stop_after:
             self.machine.events.put(Event(GuestEvent.POWEROFF, f"stopped after snapshot {request['id']}",
                                            by_host=True))

@@ -16,7 +16,7 @@ from ..machine import state
 from ..machine.vm import DEVICE_STATES, Machine, MachineSpec
 from ..memory import GuestMemory
 from . import format as fmt
-from . import memio
+from . import compress, memio
 
 VCPU_SECTION = re.compile(r"^vcpu\.\d+$")
 
@@ -48,6 +48,10 @@ def check_sections(manifest: dict) -> None:
 
 def _memory(folder: Path, manifest: dict, lazy: bool) -> GuestMemory:
     size = manifest["memory"]["size"]
+    if manifest["memory"].get("compression") == "zstd":
+        memory = GuestMemory(size)
+        compress.load_into(memory.view, folder / manifest["memory"]["file"], size)
+        return memory
     fd = os.open(folder / manifest["memory"]["file"], os.O_RDONLY | os.O_CLOEXEC)
     if lazy:
         return GuestMemory(size, fd=fd, private=True)

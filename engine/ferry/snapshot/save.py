@@ -20,6 +20,7 @@ from .. import __version__
 from ..machine import state
 from . import format as fmt
 from . import memio
+from .compress import compress_file
 
 MAX_ROUNDS = 8
 SMALL_DELTA = 4 * 1024 * 1024  # pause once what is left is this small
@@ -81,7 +82,7 @@ def write_memory(machine, out: int, live: bool, report: SaveReport) -> list[stat
 
 
 def create(machine, folder: Path, definition: dict, origin: dict, tags: list[str],
-           live: bool = True, leave_paused: bool = False) -> dict:
+           live: bool = True, leave_paused: bool = False, compress: bool = False) -> dict:
     """Save ``machine`` as snapshot ``folder``; resume it unless ``leave_paused``."""
     began = time.perf_counter()
     partial = folder.with_name(f".{folder.name}.partial")
@@ -102,6 +103,8 @@ def create(machine, folder: Path, definition: dict, origin: dict, tags: list[str
         finally:
             os.close(out)
         manifest = _manifest(folder.name, machine, definition, origin, tags, partial, sections, report)
+        if compress:
+            manifest["memory"].update(compress_file(partial / fmt.MEMORY))
         manifest["save"] = {**report.__dict__, "total_ms": (time.perf_counter() - began) * 1000}
         fmt.write_manifest(partial, manifest)
         _sync_dir(partial)
@@ -135,8 +138,10 @@ def _manifest(snapshot_id: str, machine, definition: dict, origin: dict, tags: l
 
 def summary(folder: Path, manifest: dict) -> dict:
     save = manifest.get("save", {})
+    memory = manifest["memory"]
     return {"id": manifest["id"], "created": manifest["created"], "origin": manifest["origin"],
             "tags": manifest["tags"], "vm": manifest["definition"]["name"],
-            "memory_bytes": manifest["memory"]["size"], "disk_bytes": save.get("disk_bytes"),
+            "memory_bytes": memory["size"], "disk_bytes": memory.get("compressed_bytes", save.get("disk_bytes")),
+            "compression": memory.get("compression"), "compress_ms": memory.get("compress_ms"),
             "mode": save.get("mode"), "pause_ms": save.get("pause_ms"), "total_ms": save.get("total_ms"),
             "path": str(folder)}

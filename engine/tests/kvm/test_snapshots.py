@@ -193,3 +193,16 @@ def test_disk_full_during_save_leaves_the_vm_running_and_no_snapshot(ferry, tmp_
         assert_sequence_continues(ferry.heartbeats("vm1"))
     finally:
         subprocess.run(["umount", "-l", str(snapshots)], check=False)
+
+
+def test_compressed_snapshot_verifies_and_restores(ferry, tmp_path):
+    running_vm(ferry, tmp_path)
+    snap = ferry.ok("snapshot", "create", "vm1", "--snapshot", "z", "--compress", "--exit")
+    assert snap["compression"] == "zstd" and snap["compress_ms"] > 0
+    assert snap["disk_bytes"] < 32 * 2**20
+    ferry.wait_state("vm1", "stopped")
+    assert ferry.ok("snapshot", "verify", "vm1", "z")["verified"]
+    before = len(ferry.heartbeats("vm1"))
+    ferry.ok("restore", "vm1", "z")
+    ferry.wait_heartbeats("vm1", before + 2)
+    assert_sequence_continues(ferry.heartbeats("vm1"))
