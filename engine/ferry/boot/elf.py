@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import FerryError
 from . import layout
+from .e820 import elf_e820_map
 
 ELF_MAGIC = b"\x7fELF"
 ELFCLASS64, ELFDATA2LSB, EM_X86_64, PT_LOAD = 2, 1, 62, 1
@@ -74,22 +75,13 @@ def _ram_top(mem) -> int:
     return mem.regions[0].end
 
 
-def contract_e820(mem) -> list[tuple[int, int, int]]:
-    """The map an ELF guest sees: the first MiB reserved, then its RAM."""
-    entries = [(0, layout.HIGH_MEMORY, layout.E820_RESERVED)]
-    for region in mem.regions:
-        start = max(region.gpa, layout.HIGH_MEMORY)
-        entries.append((start, region.end - start, layout.E820_RAM))
-    return entries
-
-
 def write_boot_info(mem, cpu_count: int, cmdline: str, rsdp: int) -> int:
     """Write the boot-info block and command line; return the block's address."""
     encoded = cmdline.encode()
     if len(encoded) > layout.CMDLINE_MAX:
         raise FerryError(f"cmdline: {len(encoded)} bytes, at most {layout.CMDLINE_MAX} allowed")
     mem.write(layout.CMDLINE, encoded + b"\0")
-    e820 = contract_e820(mem)
+    e820 = elf_e820_map(mem)
     header = BOOT_INFO_HEADER.pack(BOOT_INFO_MAGIC, BOOT_INFO_VERSION, mem.size, cpu_count,
                                    len(e820), layout.CMDLINE, len(encoded), 0, rsdp)
     body = b"".join(E820_ENTRY.pack(addr, size, kind, 0) for addr, size, kind in e820)
