@@ -16,7 +16,8 @@ import sys
 from .errors import FerryError
 from .kvm.ioctl import KvmError
 
-FEATURES = ("ferry.runtime.commands", "ferry.runtime.snapshot_commands", "ferry.lab.cli")
+FEATURES = ("ferry.runtime.commands", "ferry.runtime.snapshot_commands", "ferry.runtime.migrate_commands",
+            "ferry.lab.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,11 @@ from dataclasses import dataclass
 from .boot.layout import PCI_HOLE_END, PCI_HOLE_START
 
 
+FALLOC_PUNCH_HOLE = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+
+
 @dataclass(frozen=True)
 class Region:
     """``size`` bytes of guest RAM at ``gpa``, stored at ``offset`` in the memfd."""
@@ -77,11 +82,22 @@ class GuestMemory:
         start = self.offset_of(gpa, len(data))
         self.view[start:start + len(data)] = data
 
+    def zero(self, offset: int, length: int) -> None:
+        """Make a range of the backing read as zero, giving its pages back (a hole)."""
+        if self.private:
+            self.view[offset:offset + length] = bytes(length)
+        elif _libc.fallocate(self.fd, FALLOC_PUNCH_HOLE, offset, length) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"punching a hole in guest RAM: {os.strerror(err)}")
+
     def host_address(self, region: Region) -> int:
         """Userspace address of ``region`` for KVM_SET_USER_MEMORY_REGION."""
         return self.base_address + region.offset
 
     def close(self) -> None:
         self.view.release()
-        self.map.close()
+        try:
+            self.map.close()
+        except BufferError:
+            pass  # a slice still referenced (e.g. by a traceback) keeps the mapping until it goes
         os.close(self.fd)

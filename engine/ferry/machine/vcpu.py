@@ -14,12 +14,14 @@ from __future__ import annotations
 import enum
 import signal
 import threading
+import time
 from typing import Callable
 
 from ..kvm import exits
 from ..kvm.fds import VcpuFd
 
 KICK_SIGNAL = signal.SIGUSR1
+THROTTLE_SLICE = 0.01
 
 
 class RunState(enum.Enum):
@@ -54,6 +56,8 @@ class Vcpu:
         self._needs_completion = False
         self._thread: threading.Thread | None = None
         self.exits = 0
+        self.throttle = 0.0  # share of time kept out of the guest (migration auto-converge)
+        self._throttle_due = False
 
     # --- control, from other threads ---
 
@@ -61,6 +65,10 @@ class Vcpu:
         self._wanted = RunState.PAUSED if paused else RunState.RUNNING
         self._thread = threading.Thread(target=self._loop, name=f"vcpu{self.index}", daemon=True)
         self._thread.start()
+
+    def kick(self) -> None:
+        """Make the thread leave KVM_RUN once (throttling uses this every timeslice)."""
+        self._kick()
 
     def request(self, wanted: RunState) -> None:
         with self._cond:
@@ -98,6 +106,10 @@ class Vcpu:
         if self._needs_completion and self._wanted is not RunState.RUNNING:
             self._complete_pending_access()
         self.fd.set_immediate_exit(False)
+        if self._throttle_due and self._wanted is RunState.RUNNING:
+            self._throttle_due = False
+            # As QEMU's auto-converge: for each timeslice run, sleep throttle/(1-throttle) of it.
+            time.sleep(THROTTLE_SLICE * self.throttle / (1.0 - self.throttle))
         with self._cond:
             while self._wanted is RunState.PAUSED:
                 self._set_state(RunState.PAUSED)
@@ -144,6 +156,7 @@ class Vcpu:
                 self._needs_completion = True
             case exits.Interrupted():
                 self._needs_completion = False
+                self._throttle_due = self.throttle > 0
             case exits.SystemEvent() if exit_.is_reset:
                 self._finish(GuestEvent.RESET, f"vCPU {self.index}: guest requested a reset")
             case exits.SystemEvent():

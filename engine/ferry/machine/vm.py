@@ -8,6 +8,8 @@ get exactly the same devices at the same addresses.
 from __future__ import annotations
 
 import queue
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from ..errors import FerryError
 from ..kvm import abi
 from ..kvm.fds import Kvm
 from ..memory import GuestMemory
-from .vcpu import GuestEvent, RunState, Vcpu
+from .vcpu import THROTTLE_SLICE, GuestEvent, RunState, Vcpu
 
 # Every device section a machine has, by name, with the state type that reads it.
 DEVICE_STATES = {"serial.com1": SerialState, "i8042": I8042State, "rtc": RtcState, "acpi.pm": AcpiPmState}
@@ -73,6 +75,7 @@ class Machine:
         self.register_memory()
         self.io_bus, self.mmio_bus = PortIoBus(), MmioBus()
         self.devices = self._build_devices(console, rtc)
+        self._throttler: threading.Thread | None = None
         self.vcpus = [Vcpu(self.vm.create_vcpu(i), self.io_bus, self.mmio_bus, self._on_event)
                       for i in range(spec.vcpus)]
         self._set_cpuid()
@@ -182,6 +185,22 @@ class Machine:
             if state in states:
                 return state
         return RunState.STOPPED
+
+    def set_throttle(self, share: float) -> None:
+        """Keep vCPUs out of the guest ``share`` of the time (0 stops throttling)."""
+        share = min(max(share, 0.0), 0.99)
+        for vcpu in self.vcpus:
+            vcpu.throttle = share
+        if share and (self._throttler is None or not self._throttler.is_alive()):
+            self._throttler = threading.Thread(target=self._throttle_loop, name="throttle", daemon=True)
+            self._throttler.start()
+
+    def _throttle_loop(self) -> None:
+        while any(v.throttle for v in self.vcpus) and self.state is not RunState.STOPPED:
+            time.sleep(THROTTLE_SLICE)
+            for vcpu in self.vcpus:
+                if vcpu.state is RunState.RUNNING:
+                    vcpu.kick()
 
     def press_power_button(self) -> None:
         self.devices.acpi_pm.press_power_button()

@@ -50,13 +50,60 @@ def request(path: Path, op: str, timeout: float = 30.0, **args) -> dict:
     return answer.get("result") or {}
 
 
-Handler = Callable[[dict], dict]
+class Session:
+    """A control connection kept open for several requests (a migration holds one).
+
+    A reply may carry file descriptors (SCM_RIGHTS), e.g. the guest RAM memfd.
+    """
+
+    def __init__(self, path: Path, timeout: float = 30.0):
+        address, folder = _short_path(path)
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(address)
+        except OSError as err:
+            self.sock.close()
+            raise ControlError(f"VM control socket {path}: {err}") from None
+        finally:
+            if folder is not None:
+                os.close(folder)
+        self.buffer = b""
+
+    def call(self, op: str, **args) -> tuple[dict, list[int]]:
+        try:
+            self.sock.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
+            fds = []
+            while b"\n" not in self.buffer:
+                data, new_fds, _, _ = socket.recv_fds(self.sock, 1 << 20, 4)
+                if not data:
+                    raise ControlError(f"VM control socket {self.path}: closed during {op!r}")
+                self.buffer += data
+                fds += new_fds
+        except (OSError, socket.timeout) as err:
+            raise ControlError(f"VM control socket {self.path}: {op}: {err}") from None
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        answer = json.loads(line)
+        if not answer.get("ok"):
+            raise ControlError(answer.get("error", f"{op} failed"))
+        return answer.get("result") or {}, fds
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+Handler = Callable[[dict, dict], dict]
 
 
 class ControlServer:
-    def __init__(self, path: Path, handle: Handler):
+    """Serves requests; ``handle(request, session)`` gets a dict private to the connection,
+    and ``on_close(session)`` runs when that connection ends."""
+
+    def __init__(self, path: Path, handle: Handler, on_close: Callable[[dict], None] | None = None):
         self.path = path
         self.handle = handle
+        self.on_close = on_close
         address, folder = _short_path(path)
         try:
             path.unlink(missing_ok=True)
@@ -85,18 +132,28 @@ class ControlServer:
             threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
     def _answer(self, conn: socket.socket) -> None:
+        session: dict = {}
         with conn:
-            try:
-                line = conn.makefile("rb").readline()
-                reply = {"ok": True, "result": self.handle(json.loads(line))}
-            except FerryError as err:
-                reply = {"ok": False, "error": str(err)}
-            except Exception as err:  # the VM must outlive a bad request
-                reply = {"ok": False, "error": f"{type(err).__name__}: {err}"}
-            try:
-                conn.sendall(json.dumps(reply).encode() + b"\n")
-            except OSError:
-                pass
+            for line in conn.makefile("rb"):
+                fds = []
+                try:
+                    result = self.handle(json.loads(line), session)
+                    fds = (result or {}).pop("_fds", []) if isinstance(result, dict) else []
+                    reply = {"ok": True, "result": result}
+                except FerryError as err:
+                    reply = {"ok": False, "error": str(err)}
+                except Exception as err:  # the VM must outlive a bad request
+                    reply = {"ok": False, "error": f"{type(err).__name__}: {err}"}
+                try:
+                    payload = json.dumps(reply).encode() + b"\n"
+                    if fds:
+                        socket.send_fds(conn, [payload], fds)
+                    else:
+                        conn.sendall(payload)
+                except OSError:
+                    break
+        if self.on_close and session:
+            self.on_close(session)
 
     def close(self) -> None:
         self.sock.close()

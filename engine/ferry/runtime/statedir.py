@@ -35,9 +35,10 @@ def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
 
 
 class VmDir:
-    def __init__(self, root: Path, name: str):
+    def __init__(self, root: Path, name: str, folder: str = "vms"):
         self.name = name
-        self.path = root / "vms" / name
+        self.root = root
+        self.path = root / folder / name
         self.definition_file = self.path / "vm.yaml"
         self.console_log = self.path / "console.log"
         self.engine_log = self.path / "engine.log"
@@ -79,6 +80,29 @@ class VmDir:
     def write_status(self, **fields) -> None:
         status = {**self.read_status(), **fields, "updated_at": time.time()}
         write_atomic(self.status_file, json.dumps(status, sort_keys=True))
+
+    @property
+    def migration_file(self) -> Path:
+        return self.path / "migration.json"
+
+    def read_migration(self) -> dict:
+        try:
+            return json.loads(self.migration_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def write_migration(self, **fields) -> None:
+        """The migration's phase, on disk before it takes effect, so a restart can resolve it."""
+        record = {**self.read_migration(), **fields, "updated_at": time.time()}
+        write_atomic(self.migration_file, json.dumps(record, sort_keys=True))
+
+    def retire(self) -> Path:
+        """Move this VM's folder (logs, snapshots) aside once it lives on another host."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = self.root / "migrated" / f"{self.name}.{stamp}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(self.path, target)
+        return target
 
     def process_alive(self) -> bool:
         """True while a VM process holds the lock."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -26,6 +27,7 @@ from ..machine.vm import Event, Machine, MachineSpec
 from ..snapshot import restore, save
 from . import statedir
 from .control import ControlServer
+from .outgoing import Outgoing
 
 
 def spec_of(definition) -> MachineSpec:
@@ -64,7 +66,9 @@ class VmProcess:
         self.lock = threading.Lock()
         self.machine: Machine | None = None
         self.boot_count = 0
-        self.server = ControlServer(vmdir.socket, self.handle)
+        self.outgoing = Outgoing(self)
+        self.migrated_to: str | None = None
+        self.server = ControlServer(vmdir.socket, self.handle, self.connection_closed)
 
     # --- lifecycle ---
 
@@ -72,6 +76,13 @@ class VmProcess:
         self.machine = Machine(spec_of(self.definition), self.console, rtc=rtc)
         self.machine.boot()
         self.boot_count += 1
+        self._started()
+
+    def adopt(self, machine: Machine) -> None:
+        """Run a machine built elsewhere (an incoming migration) as this VM."""
+        self.machine = machine
+        self.boot_count = 1
+        self.server.start()
         self._started()
 
     def restore(self, folder: Path, lazy: bool, verify_memory: bool) -> None:
@@ -108,13 +119,17 @@ class VmProcess:
         self.vmdir.write_status(state="crashed" if crashed else "stopped",
                                 error=event.message if crashed else None, stopped_at=time.time())
         self.server.close()
+        if self.migrated_to:
+            self.vmdir.retire()
         return 1 if crashed else 0
 
     # --- control requests ---
 
-    def handle(self, request: dict) -> dict:
+    def handle(self, request: dict, session: dict) -> dict:
         op = request.get("op")
         with self.lock:
+            if op.startswith("migration-"):
+                return self.outgoing.handle(op[len("migration-"):], request, session)
             if op == "status":
                 return self.status()
             if op == "pause":
@@ -146,11 +161,20 @@ class VmProcess:
                                            by_host=True))
         return result
 
+    def connection_closed(self, session: dict) -> None:
+        with self.lock:
+            self.outgoing.connection_closed(session)
+
+    def leave(self, reason: str) -> None:
+        """The VM now runs elsewhere: stop here and move this host's copy aside."""
+        self.migrated_to = reason
+        self.machine.events.put(Event(GuestEvent.POWEROFF, reason, by_host=True))
+
     def status(self) -> dict:
         state = self.machine.state
         return {"state": "paused" if state is RunState.PAUSED else state.value,
                 "pid": os.getpid(), "boot_count": self.boot_count,
-                "exits": sum(v.exits for v in self.machine.vcpus)}
+                "exits": sum(v.exits for v in self.machine.vcpus), "migration": self.outgoing.status()}
 
 
 def _detach_stdio(ready_fd: int, message: str) -> None:
@@ -167,8 +191,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--restore", type=Path, help="start from this snapshot directory")
     parser.add_argument("--eager", action="store_true", help="copy snapshot memory in before running")
     parser.add_argument("--no-verify", action="store_true", help="skip memory checksums on restore")
+    parser.add_argument("--incoming", metavar="ADDR:PORT", help="wait for a migration of NAME here")
+    parser.add_argument("--token-file", type=Path)
+    parser.add_argument("--accept-timeout", type=float, default=600.0)
+    parser.add_argument("--tls-cert", type=Path)
+    parser.add_argument("--tls-key", type=Path)
+    parser.add_argument("--tls-ca", type=Path)
     parser.add_argument("name")
     args = parser.parse_args(argv)
+    if args.incoming:
+        return receive_main(args)
     vmdir = statedir.VmDir(Path(args.state_dir), args.name)
     stdout = os.dup(1)
     if vmdir.hold_lock() is None:
@@ -192,6 +224,55 @@ def main(argv: list[str] | None = None) -> int:
     process.server.start()
     _detach_stdio(stdout, "ready")
     return process.run()
+
+
+def receive_main(args) -> int:
+    """Wait for NAME to arrive; on commit, go on as its VM process."""
+    from ..migration.receiver import Receiver
+    from ..migration.transport import Listener, TlsFiles
+    from .incoming import Incoming
+
+    stdout = os.dup(1)
+    install_kick_handler()
+    incoming = Incoming(Path(args.state_dir), args.name, log)
+    try:
+        token = read_token(args.token_file)
+        if incoming.final.exists():
+            raise FerryError(f"name: a VM named {args.name!r} is already defined on this host")
+        incoming.staging.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if incoming.staging.hold_lock() is None:
+            raise FerryError(f"{args.name}: another receiver is already waiting for it")
+        listener = Listener(args.incoming, TlsFiles(args.tls_cert, args.tls_key, args.tls_ca))
+    except FerryError as err:
+        _detach_stdio(stdout, f"error: {err}")
+        return 1
+    log(f"waiting for {args.name} on {args.incoming} (port {listener.port})")
+    _detach_stdio(stdout, f"listening {listener.port}")
+    receiver = Receiver(listener, token, incoming, args.accept_timeout)
+    try:
+        outcome = receiver.run()
+    except FerryError as err:
+        log(f"no migration: {err}")
+        outcome = "aborted"
+    if outcome != "committed":
+        shutil.rmtree(incoming.staging.path, ignore_errors=True)
+        listener.close()
+        return 1
+    if incoming.process is None:
+        return 0
+    return incoming.process.run()
+
+
+def read_token(path: Path | None) -> bytes:
+    if path is None:
+        raise FerryError("token-file: a one-time token file is required")
+    try:
+        token = Path(path).read_bytes().strip()
+    except OSError as err:
+        raise FerryError(f"token-file: cannot read {path}: {err.strerror}") from None
+    if len(token) < 16:
+        raise FerryError(f"token-file: {path} holds {len(token)} bytes, at least 16 are required")
+    return token
 
 
 if __name__ == "__main__":

@@ -126,18 +126,27 @@ def chunks_with_data(fd: int, size: int) -> set[int]:
     return indices
 
 
+def chunk_digests(size: int, read, with_data=None) -> list[str]:
+    """One xxh3 per chunk; ``read(offset, length)`` gives bytes; chunks outside
+    ``with_data`` (when given) are holes and known to be zero."""
+    count = (size + CHUNK_SIZE - 1) // CHUNK_SIZE
+    indices = range(count) if with_data is None else sorted(with_data)
+    digests = [ZERO_CHUNK_DIGEST] * count
+    for index in indices:
+        start = index * CHUNK_SIZE
+        digests[index] = digest(read(start, min(CHUNK_SIZE, size - start)))
+    return digests
+
+
 def memory_digests(path: Path, size: int) -> list[str]:
-    """One xxh3 per chunk of the memory file; hole-only chunks are known to be zero."""
+    """Chunk digests of a memory file."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        count = (size + CHUNK_SIZE - 1) // CHUNK_SIZE
-        digests = [ZERO_CHUNK_DIGEST] * count
         with_data = chunks_with_data(fd, size)
-        if with_data:
-            with mmap.mmap(fd, size, prot=mmap.PROT_READ) as view:
-                for index in sorted(with_data):
-                    digests[index] = digest(view[index * CHUNK_SIZE:(index + 1) * CHUNK_SIZE])
-        return digests
+        if not with_data:
+            return chunk_digests(size, None, with_data)
+        with mmap.mmap(fd, size, prot=mmap.PROT_READ) as view:
+            return chunk_digests(size, lambda start, length: view[start:start + length], with_data)
     finally:
         os.close(fd)
 

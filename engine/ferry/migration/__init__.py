@@ -1,0 +1,1 @@
+"""Moving a running VM to another host: protocol, transport, sender and receiver."""

@@ -1,0 +1,263 @@
+"""The sending side: pre-copy with convergence control, then the two-phase handover.
+
+``source`` is the running VM as the sender drives it (``runtime.migrate``
+implements it over the VM's control socket): ``begin``, ``dirty``,
+``throttle``, ``pause``, ``sections``, ``resume``, ``handover``,
+``finish``, ``progress``, and ``memory`` (a ``SourceMemory``).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from .. import __version__
+from ..errors import FerryError
+from ..snapshot import format as fmt
+from . import protocol
+from .protocol import Kind, ProtocolError
+from .transport import Channel, LinkError
+
+PIECE = 8 * 1024 * 1024
+THROTTLE_START, THROTTLE_STEP, THROTTLE_MAX = 0.20, 0.10, 0.99
+RESOLVE_TIMEOUT = 60.0
+
+
+class MigrationTimeout(FerryError):
+    pass
+
+
+class InDoubt(FerryError):
+    """The source cannot learn whether the destination committed: its guest stays paused."""
+
+
+@dataclass
+class Options:
+    mode: str = "live"
+    max_downtime_ms: float = 300.0
+    timeout_s: float = 3600.0
+    bandwidth: float | None = None  # bytes per second, None = as fast as the link goes
+    token: bytes = b""
+
+
+@dataclass
+class Round:
+    index: int
+    bytes: int
+    duration_ms: float
+    dirty_bytes: int
+    throttle: float
+
+
+@dataclass
+class Report:
+    mode: str
+    rounds: list[Round] = field(default_factory=list)
+    total_ms: float = 0.0
+    downtime_ms: float = 0.0
+    final_bytes: int = 0
+    bytes_on_wire: int = 0
+    throttle: float = 0.0
+    outcome: str = ""
+
+
+def handshake(channel: Channel, token: bytes) -> dict:
+    """HELLO and mutual HMAC proof of the one-time token; returns the destination's HELLO."""
+    channel.send(Kind.HELLO, {"versions": [protocol.MIN_VERSION, protocol.VERSION],
+                              "engine": __version__, "caps": list(protocol.CAPABILITIES)})
+    _, hello = channel.expect(Kind.HELLO)
+    mine = secrets.token_hex(16)
+    channel.send(Kind.AUTH, {"nonce": mine, "proof": protocol.proof(token, "source", hello["nonce"], mine)})
+    _, answer = channel.expect(Kind.AUTH_OK)
+    if not protocol.proof_ok(protocol.proof(token, "destination", mine, hello["nonce"]), answer.get("proof")):
+        raise ProtocolError("the destination could not prove the token: refusing to send the VM")
+    return hello
+
+
+class Sender:
+    def __init__(self, source, connect: Callable[[], Channel], options: Options,
+                 on_progress: Callable[[dict], None] = lambda progress: None):
+        self.source = source
+        self.connect = connect
+        self.options = options
+        self.on_progress = on_progress
+        self.report = Report(options.mode)
+        self.started = time.monotonic()
+        self.progress = {"phase": "connecting", "bytes_sent": 0, "bytes_total": 0, "rate": 0.0,
+                         "dirty_rate": 0.0, "round": 0, "throttle": 0.0, "eta_s": None}
+
+    # --- the whole migration ---
+
+    def run(self, definition: dict) -> Report:
+        channel = self.connect()
+        try:
+            handshake(channel, self.options.token)
+            self.source.begin(self.options.mode == "live")
+            channel.send(Kind.OFFER, {"definition": definition, "memory": self.source.memory.size,
+                                      "mode": self.options.mode})
+            channel.expect(Kind.ACCEPT)
+            self._transfer(channel)
+        except BaseException:
+            channel.close()
+            self.source.resume()
+            raise
+        self.source.handover()
+        self._set(phase="handover")
+        outcome = self._commit(channel)
+        self.report.outcome = outcome
+        self.report.total_ms = self._elapsed_ms()
+        self.report.bytes_on_wire = channel.sent
+        channel.close()
+        self.source.finish(outcome, self._report_dict())
+        if outcome != "committed":
+            raise FerryError("the destination aborted the migration; the VM runs on here")
+        return self.report
+
+    def _transfer(self, channel: Channel) -> None:
+        live = self.options.mode == "live"
+        leftover = self._precopy(channel) if live else []
+        self._set(phase="stop-and-copy")
+        paused_at = time.monotonic()
+        final = self.source.pause()
+        if not live:
+            final = self.source.memory.used_ranges()
+        self.report.final_bytes = self._send_ranges(channel, merge(leftover + final))
+        for section in self.source.sections():
+            channel.send_section(section.name, section.version, fmt.digest(section.data), section.data)
+        channel.send(Kind.PREPARE, {"chunks": self.source.memory.digests()})
+        channel.expect(Kind.PREPARED)
+        self.paused_at = paused_at
+
+    # --- pre-copy ---
+
+    def _precopy(self, channel: Channel) -> list[tuple[int, int]]:
+        """Send while the guest runs; return what is still dirty when the rest fits the downtime."""
+        self._set(phase="first-pass")
+        used = self.source.memory.used_ranges()
+        self.progress["bytes_total"] = sum(end - start for start, end in used)
+        self._round(channel, used, dirty_bytes=0)
+        while True:
+            began = time.monotonic()
+            dirty = self.source.dirty()
+            dirty_bytes = sum(end - start for start, end in dirty)
+            rate = max(self.progress["rate"], 1.0)
+            self._set(phase="pre-copy", dirty_rate=dirty_bytes / max(time.monotonic() - self._last_dirty, 1e-3),
+                      eta_s=dirty_bytes / rate)
+            if dirty_bytes / rate * 1000 <= self.options.max_downtime_ms:
+                return dirty
+            self._check_timeout(dirty_bytes)
+            self._converge()
+            self._round(channel, dirty, dirty_bytes)
+            channel.send(Kind.ROUND, {"round": len(self.report.rounds), "dirty": dirty_bytes,
+                                      "waited_ms": (time.monotonic() - began) * 1000})
+
+    def _round(self, channel: Channel, ranges, dirty_bytes: int) -> None:
+        began = time.monotonic()
+        sent = self._send_ranges(channel, ranges)
+        took = max(time.monotonic() - began, 1e-6)
+        self._last_dirty = began
+        self.report.rounds.append(Round(len(self.report.rounds), sent, took * 1000, dirty_bytes,
+                                        self.progress["throttle"]))
+        self._set(round=len(self.report.rounds), rate=sent / took if sent > 1 << 20 else self.progress["rate"])
+
+    def _converge(self) -> None:
+        """Auto-converge: the guest dirties faster than half the link drains, so slow its vCPUs."""
+        if self.progress["dirty_rate"] <= 0.5 * max(self.progress["rate"], 1.0):
+            return
+        share = self.progress["throttle"]
+        share = THROTTLE_START if share == 0 else min(share + THROTTLE_STEP, THROTTLE_MAX)
+        self.source.throttle(share)
+        self.report.throttle = share
+        self._set(throttle=share)
+
+    def _check_timeout(self, dirty_bytes: int) -> None:
+        if time.monotonic() - self.started > self.options.timeout_s:
+            raise MigrationTimeout(
+                f"did not converge within {self.options.timeout_s:.0f} s: {dirty_bytes >> 20} MiB still dirty, "
+                f"guest dirties {self.progress['dirty_rate'] / 2**20:.0f} MiB/s, link {self.progress['rate'] / 2**20:.0f} MiB/s, "
+                f"throttle {self.progress['throttle']:.0%}")
+
+    def _send_ranges(self, channel: Channel, ranges) -> int:
+        memory, sent = self.source.memory, 0
+        for start, end in ranges:
+            for piece in range(start, end, PIECE):
+                length = min(PIECE, end - piece)
+                if length == fmt.CHUNK_SIZE and fmt.digest(memory.read(piece, length)) == fmt.ZERO_CHUNK_DIGEST:
+                    channel.send_zero(piece, length)
+                else:
+                    channel.send_memory(piece, length, memory)
+                    sent += length
+                self._pace(channel)
+        self.progress["bytes_sent"] = channel.sent
+        return sent
+
+    def _pace(self, channel: Channel) -> None:
+        if self.options.bandwidth:
+            ahead = channel.sent / self.options.bandwidth - (time.monotonic() - self.started)
+            if ahead > 0:
+                time.sleep(ahead)
+        self.progress["bytes_sent"] = channel.sent
+
+    # --- handover ---
+
+    def _commit(self, channel: Channel) -> str:
+        try:
+            channel.send(Kind.COMMIT)
+            channel.expect(Kind.DONE)
+            self._downtime()
+            return "committed"
+        except (LinkError, ProtocolError):
+            return self._resolve()
+
+    def _resolve(self) -> str:
+        """In doubt: ask the destination what happened, as long as it takes to reach it."""
+        self._set(phase="in-doubt")
+        deadline = time.monotonic() + RESOLVE_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                channel = self.connect()
+                try:
+                    handshake(channel, self.options.token)
+                    channel.send(Kind.QUERY)
+                    _, outcome = channel.expect(Kind.OUTCOME)
+                    if outcome["state"] == "prepared":
+                        channel.send(Kind.COMMIT)
+                        channel.expect(Kind.DONE)
+                        outcome["state"] = "committed"
+                    self._downtime()
+                    return outcome["state"]
+                finally:
+                    channel.close()
+            except (LinkError, ProtocolError):
+                time.sleep(1.0)
+        raise InDoubt("could not learn whether the destination took over; the VM stays paused here. "
+                      "Check the destination, then resolve with `ferry migrate NAME --resolve ...`")
+
+    def _downtime(self) -> None:
+        self.report.downtime_ms = (time.monotonic() - self.paused_at) * 1000
+
+    # --- progress ---
+
+    def _set(self, **fields) -> None:
+        self.progress.update(fields)
+        self.progress["elapsed_s"] = time.monotonic() - self.started
+        self.on_progress(dict(self.progress))
+
+    def _elapsed_ms(self) -> float:
+        return (time.monotonic() - self.started) * 1000
+
+    def _report_dict(self) -> dict:
+        return asdict(self.report)
+
+
+def merge(ranges) -> list[tuple[int, int]]:
+    """Sorted ranges with overlaps joined, so no page travels twice in one go."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged

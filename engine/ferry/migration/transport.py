@@ -1,0 +1,242 @@
+"""Connections for migration: TCP (IPv4/IPv6), TLS, or a channel through SSH.
+
+``Channel`` frames messages over any of them and moves memory with
+sendfile where the connection is a plain socket.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import protocol
+from .protocol import Frame, Kind, PeerFailed, ProtocolError
+
+IO_TIMEOUT = 60.0
+
+
+class LinkError(ProtocolError):
+    pass
+
+
+def parse_address(text: str, default_host: str = "") -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPV6]:PORT`` or ``:PORT``."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ProtocolError(f"address {text!r}: expected HOST:PORT or [IPV6]:PORT")
+    host = host.strip("[]") or default_host
+    return host, int(port)
+
+
+@dataclass
+class TlsFiles:
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+
+
+@dataclass
+class SshOptions:
+    user: str = "root"
+    key: Path | None = None
+    known_hosts: Path | None = None
+    port: int = 22
+
+
+class Channel:
+    def __init__(self, conn, plain_socket: bool):
+        self.conn = conn
+        self.plain = plain_socket
+        self.sent = 0
+        self.received = 0
+
+    # --- sending ---
+
+    def send(self, kind: Kind, message: dict | None = None) -> None:
+        payload = protocol.encode(message or {})
+        self._sendall(protocol.pack(kind, a=len(payload)) + payload)
+
+    def send_zero(self, offset: int, length: int) -> None:
+        self._sendall(protocol.pack(Kind.ZERO, a=offset, b=length))
+
+    def send_section(self, name: str, version: int, checksum: str, data: bytes) -> None:
+        head = protocol.encode({"name": name, "checksum": checksum})
+        self._sendall(protocol.pack(Kind.SECTION, aux=version, a=len(head), b=len(data)) + head + data)
+
+    def send_memory(self, offset: int, length: int, memory) -> None:
+        self._sendall(protocol.pack(Kind.MEM, a=offset, b=length))
+        if self.plain and memory.fd is not None:
+            self._sendfile(memory.fd, offset, length)
+        else:
+            self._sendall(memory.read(offset, length))
+
+    def _sendfile(self, fd: int, offset: int, length: int) -> None:
+        end = offset + length
+        try:
+            while offset < end:
+                try:
+                    sent = os.sendfile(self.conn.fileno(), fd, offset, end - offset)
+                except BlockingIOError:
+                    # A socket with a timeout is non-blocking underneath: wait until it drains.
+                    if not select.select([], [self.conn], [], IO_TIMEOUT)[1]:
+                        raise LinkError(f"link: no progress for {IO_TIMEOUT:.0f} s") from None
+                    continue
+                if sent == 0:
+                    raise LinkError("link closed while sending memory")
+                offset += sent
+                self.sent += sent
+        except (OSError, socket.timeout) as err:
+            raise LinkError(f"link: {err}") from None
+
+    def _sendall(self, data) -> None:
+        try:
+            self.conn.sendall(data)
+        except (OSError, socket.timeout, EOFError) as err:
+            raise LinkError(f"link: {err}") from None
+        self.sent += len(data)
+
+    # --- receiving ---
+
+    def recv_frame(self) -> Frame:
+        return protocol.unpack(self.recv_exact(protocol.HEADER.size))
+
+    def recv_message(self, frame: Frame) -> dict:
+        if frame.a > protocol.MAX_JSON:
+            raise ProtocolError(f"{frame.kind.name}: message of {frame.a} bytes is too large")
+        return protocol.decode(self.recv_exact(frame.a))
+
+    def expect(self, *kinds: Kind) -> tuple[Kind, dict]:
+        frame = self.recv_frame()
+        message = self.recv_message(frame) if frame.kind not in (Kind.MEM, Kind.ZERO, Kind.SECTION) else {}
+        if frame.kind in (Kind.REFUSE, Kind.FAIL, Kind.AUTH_FAIL) and frame.kind not in kinds:
+            raise PeerFailed(f"destination: {message.get('reason', frame.kind.name)}")
+        if frame.kind not in kinds:
+            raise ProtocolError(f"expected {'/'.join(k.name for k in kinds)}, got {frame.kind.name}")
+        return frame.kind, message
+
+    def recv_exact(self, length: int) -> bytes:
+        buffer = bytearray(length)
+        self.recv_into(memoryview(buffer))
+        return bytes(buffer)
+
+    def recv_into(self, view: memoryview) -> None:
+        got, length = 0, len(view)
+        try:
+            while got < length:
+                if hasattr(self.conn, "recv_into"):
+                    count = self.conn.recv_into(view[got:], length - got)
+                else:
+                    data = self.conn.recv(min(length - got, 1 << 20))
+                    count = len(data)
+                    view[got:got + count] = data
+                if count == 0:
+                    raise LinkError("link closed by the peer")
+                got += count
+        except (OSError, socket.timeout, EOFError) as err:
+            raise LinkError(f"link: {err}") from None
+        self.received += length
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+
+
+# --- opening connections ---
+
+def _tcp_connect(host: str, port: int, timeout: float) -> socket.socket:
+    try:
+        conn = socket.create_connection((host, port), timeout=timeout)
+    except OSError as err:
+        raise LinkError(f"cannot connect to {host}:{port}: {err}") from None
+    conn.settimeout(IO_TIMEOUT)
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return conn
+
+
+def connect(address: str, transport: str = "tcp", tls: TlsFiles | None = None,
+            ssh: SshOptions | None = None, timeout: float = 10.0) -> Channel:
+    host, port = parse_address(address)
+    if transport == "tcp":
+        return Channel(_tcp_connect(host, port, timeout), plain_socket=True)
+    if transport == "tls":
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls and tls.ca)
+        if tls and tls.cert:
+            context.load_cert_chain(tls.cert, tls.key)
+        try:
+            conn = context.wrap_socket(_tcp_connect(host, port, timeout), server_hostname=host)
+        except (ssl.SSLError, OSError) as err:
+            raise LinkError(f"TLS with {host}:{port}: {err}") from None
+        return Channel(conn, plain_socket=False)
+    if transport == "ssh":
+        return Channel(_ssh_channel(host, port, ssh or SshOptions(), timeout), plain_socket=False)
+    raise ProtocolError(f"transport: {transport!r} is not one of tcp, tls, ssh")
+
+
+def _ssh_channel(host: str, port: int, options: SshOptions, timeout: float):
+    """A direct-tcpip channel to the receiver on the destination's loopback."""
+    import paramiko
+
+    client = paramiko.SSHClient()
+    client.load_system_host_keys()
+    if options.known_hosts:
+        client.load_host_keys(str(options.known_hosts))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    try:
+        client.connect(host, port=options.port, username=options.user,
+                       key_filename=str(options.key) if options.key else None, timeout=timeout,
+                       allow_agent=False, look_for_keys=options.key is None)
+        channel = client.get_transport().open_channel("direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0))
+    except (paramiko.SSHException, OSError) as err:
+        client.close()
+        raise LinkError(f"SSH to {host}: {err}") from None
+    channel.settimeout(IO_TIMEOUT)
+    channel.ssh_client = client  # keeps the SSH connection alive as long as the channel
+    return channel
+
+
+class Listener:
+    def __init__(self, address: str, tls: TlsFiles | None = None):
+        host, port = parse_address(address, default_host="::")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and host == "::":
+            self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        try:
+            self.sock.bind((host, port))
+        except OSError as err:
+            self.sock.close()
+            raise ProtocolError(f"listen on {address}: {err.strerror}") from None
+        self.sock.listen(4)
+        self.port = self.sock.getsockname()[1]
+        self.context = None
+        if tls and tls.cert:
+            self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=tls.ca)
+            self.context.load_cert_chain(tls.cert, tls.key)
+            if not tls.ca:
+                self.context.verify_mode = ssl.CERT_NONE
+
+    def accept(self, timeout: float) -> tuple[Channel, str]:
+        self.sock.settimeout(timeout)
+        try:
+            conn, peer = self.sock.accept()
+        except socket.timeout:
+            raise LinkError(f"no migration arrived within {timeout:.0f} s") from None
+        conn.settimeout(IO_TIMEOUT)
+        if self.context is not None:
+            try:
+                conn = self.context.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError) as err:
+                conn.close()
+                raise LinkError(f"TLS from {peer[0]}: {err}") from None
+            return Channel(conn, plain_socket=False), peer[0]
+        return Channel(conn, plain_socket=True), peer[0]
+
+    def close(self) -> None:
+        self.sock.close()

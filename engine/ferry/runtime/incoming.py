@@ -1,0 +1,95 @@
+"""The destination side of a migration: the process that waits, receives, and becomes the VM.
+
+It stages everything in ``STATE_DIR/incoming/NAME``; on COMMIT it records
+the phase, moves the folder to ``vms/NAME`` in one rename and starts the
+vCPUs, then goes on as that VM's process. Anything short of COMMIT removes
+the staging folder: nothing of the VM is left on this host.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from ..errors import Conflict, FerryError
+from ..machine import state
+from ..machine.vm import Machine
+from ..memory import GuestMemory
+from ..snapshot import restore
+from . import definition as defn
+from . import statedir
+
+MEMORY_MARGIN_MIB = 64
+
+
+def available_mib() -> int:
+    with open("/proc/meminfo") as handle:
+        for line in handle:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+class Incoming:
+    def __init__(self, root: Path, name: str, log):
+        self.root = root
+        self.name = name
+        self.log = log
+        self.staging = statedir.VmDir(root, name, folder="incoming")
+        self.final = statedir.VmDir(root, name)
+        self.definition: defn.Definition | None = None
+        self.console = None
+        self.process = None
+
+    # --- the receiver's target interface ---
+
+    def check_offer(self, values: dict, memory: int, mode: str) -> None:
+        definition = defn.validate(values)
+        if definition.name != self.name:
+            raise Conflict(f"name: this receiver waits for {self.name!r}, the source sent {definition.name!r}")
+        if self.final.exists():
+            raise Conflict(f"name: a VM named {self.name!r} is already defined on this host")
+        need = memory // 2**20 + MEMORY_MARGIN_MIB
+        if mode != "cold" and available_mib() < need:
+            raise FerryError(f"out of memory: this host has {available_mib()} MiB available, "
+                             f"the VM needs {need} MiB")
+        self.definition = definition
+        self.staging.save_definition(definition)
+
+    def create_memory(self, size: int):
+        return GuestMemory(size) if size else None
+
+    def build(self, values: dict, memory, sections: dict[str, state.Section]):
+        if memory is None:
+            return None
+        from .vmproc import Console, spec_of
+        restore.check_sections({"definition": values, "sections": [
+            {"name": s.name, "version": s.version} for s in sections.values()]})
+        self.console = Console(self.staging.console_log)
+        machine = Machine(spec_of(self.definition), self.console, memory=memory)
+        try:
+            state.apply(machine, sections)
+        except BaseException:
+            machine.close()
+            raise
+        return machine
+
+    def commit(self, machine, values: dict) -> None:
+        from .vmproc import VmProcess
+        self.staging.write_migration(phase="committed", role="destination", committed_at=time.time())
+        self.final.path.parent.mkdir(parents=True, exist_ok=True)
+        self.staging.path.rename(self.final.path)
+        if machine is None:
+            self.log("cold migration committed: the VM is defined here, stopped")
+            return
+        self.process = VmProcess(self.final)
+        self.process.adopt(machine)
+        self.log("migration committed: the VM runs here")
+
+    def discard(self, thing) -> None:
+        if isinstance(thing, Machine):
+            thing.close()
+        elif isinstance(thing, GuestMemory):
+            thing.close()
+        shutil.rmtree(self.staging.path, ignore_errors=True)

@@ -1,0 +1,85 @@
+"""``ferry migrate`` and ``ferry receive``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..migration.transport import SshOptions, TlsFiles
+from . import migrate
+from .host import Host
+
+
+def _tls(args) -> TlsFiles:
+    return TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
+
+
+def cmd_migrate(args):
+    if args.json:
+        progress = migrate.json_progress
+    elif sys.stderr.isatty():
+        progress = migrate.render_progress
+    else:
+        progress = lambda values: None  # noqa: E731
+    ssh = SshOptions(args.ssh_user, args.ssh_key, args.ssh_known_hosts, args.ssh_port)
+    return migrate.migrate(Host(args.state_dir), args.name, args.to, args.token_file, args.mode,
+                           args.max_downtime, args.timeout, args.bandwidth, args.transport, _tls(args), ssh,
+                           progress)
+
+
+def _render_report(report: dict) -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+    print(f"{report['name']}: {report['mode']} migration to {report['to']} {report['outcome']} in "
+          f"{report['total_ms']:.0f} ms, downtime {report['downtime_ms']:.1f} ms, "
+          f"{len(report['rounds'])} rounds, {report['bytes_on_wire'] / 2**20:.1f} MiB on the wire"
+          + (f", throttle {report['throttle']:.0%}" if report["throttle"] else ""))
+
+
+def cmd_receive(args):
+    return migrate.receive(Host(args.state_dir), args.name, args.listen, args.token_file, args.timeout,
+                           _tls(args), args.detach)
+
+
+def _render_arrival(result: dict) -> None:
+    if "outcome" in result:
+        print(f"{result['name']}: arrived, {result['state']}")
+    else:
+        print(f"{result['name']}: waiting on port {result['port']} (receiver pid {result['pid']})")
+
+
+def _tls_options(parser) -> None:
+    parser.add_argument("--tls-cert", type=Path, help="certificate (PEM) for --transport tls")
+    parser.add_argument("--tls-key", type=Path, help="its private key (PEM)")
+    parser.add_argument("--tls-ca", type=Path, help="CA certificate the peer's certificate must chain to")
+
+
+def register(sub) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state-dir", help="state directory (default $FERRY_STATE_DIR or /var/lib/ferry)")
+
+    parser = sub.add_parser("migrate", parents=[common], help="move a VM to another host")
+    parser.add_argument("name")
+    parser.add_argument("--to", required=True, metavar="HOST:PORT", help="the receiver ([IPV6]:PORT for IPv6)")
+    parser.add_argument("--token-file", required=True, type=Path, help="the one-time token the receiver holds")
+    parser.add_argument("--mode", choices=("live", "warm", "cold"), default="live")
+    parser.add_argument("--max-downtime", type=float, default=300.0, metavar="MS")
+    parser.add_argument("--timeout", type=float, default=3600.0, metavar="S", help="give up after S seconds")
+    parser.add_argument("--bandwidth", metavar="RATE", help="cap, bytes/s with K/M/G (default: no cap)")
+    parser.add_argument("--transport", choices=("tcp", "tls", "ssh"), default="tcp")
+    _tls_options(parser)
+    parser.add_argument("--ssh-user", default="root")
+    parser.add_argument("--ssh-key", type=Path)
+    parser.add_argument("--ssh-known-hosts", type=Path)
+    parser.add_argument("--ssh-port", type=int, default=22)
+    parser.set_defaults(func=cmd_migrate, render=_render_report)
+
+    parser = sub.add_parser("receive", parents=[common], help="wait for a VM migrating to this host")
+    parser.add_argument("name")
+    parser.add_argument("--listen", required=True, metavar="ADDR:PORT", help="where to listen ([::]:PORT for all)")
+    parser.add_argument("--token-file", required=True, type=Path)
+    parser.add_argument("--timeout", type=float, default=600.0, metavar="S", help="how long to wait")
+    parser.add_argument("--detach", action="store_true", help="return once listening")
+    _tls_options(parser)
+    parser.set_defaults(func=cmd_receive, render=_render_arrival)
