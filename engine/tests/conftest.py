@@ -2,8 +2,12 @@
 
 import functools
 import os
+import sys
 
 import pytest
+
+# Test modules share helpers from the ``support`` package next to this file.
+sys.path.insert(0, os.path.dirname(__file__))
 
 
 @functools.cache

@@ -69,7 +69,7 @@ class Lab:
         state = self.load()
         if state is None:
             return []
-        return [{key: host[key] for key in ("name", "ipv4", "ipv6", "ns", "veth")}
+        return [{key: host[key] for key in ("name", "ipv4", "ipv6", "ns", "veth", "root")}
                 for host in state["hosts"]]
 
     def host(self, name: str, state: dict | None = None) -> dict:

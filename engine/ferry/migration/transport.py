@@ -16,7 +16,7 @@ from pathlib import Path
 from . import protocol
 from .protocol import Frame, Kind, PeerFailed, ProtocolError
 
-IO_TIMEOUT = 60.0
+LINK_TIMEOUT = 30.0  # a link that moves nothing for this long is taken as cut
 
 
 class LinkError(ProtocolError):
@@ -48,9 +48,11 @@ class SshOptions:
 
 
 class Channel:
-    def __init__(self, conn, plain_socket: bool):
+    def __init__(self, conn, plain_socket: bool, link_timeout: float = LINK_TIMEOUT):
         self.conn = conn
         self.plain = plain_socket
+        self.link_timeout = link_timeout
+        conn.settimeout(link_timeout)
         self.sent = 0
         self.received = 0
 
@@ -82,8 +84,8 @@ class Channel:
                     sent = os.sendfile(self.conn.fileno(), fd, offset, end - offset)
                 except BlockingIOError:
                     # A socket with a timeout is non-blocking underneath: wait until it drains.
-                    if not select.select([], [self.conn], [], IO_TIMEOUT)[1]:
-                        raise LinkError(f"link: no progress for {IO_TIMEOUT:.0f} s") from None
+                    if not select.select([], [self.conn], [], self.link_timeout)[1]:
+                        raise LinkError(f"link: no progress for {self.link_timeout:.0f} s") from None
                     continue
                 if sent == 0:
                     raise LinkError("link closed while sending memory")
@@ -154,16 +156,16 @@ def _tcp_connect(host: str, port: int, timeout: float) -> socket.socket:
         conn = socket.create_connection((host, port), timeout=timeout)
     except OSError as err:
         raise LinkError(f"cannot connect to {host}:{port}: {err}") from None
-    conn.settimeout(IO_TIMEOUT)
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return conn
 
 
 def connect(address: str, transport: str = "tcp", tls: TlsFiles | None = None,
-            ssh: SshOptions | None = None, timeout: float = 10.0) -> Channel:
+            ssh: SshOptions | None = None, timeout: float = 10.0,
+            link_timeout: float = LINK_TIMEOUT) -> Channel:
     host, port = parse_address(address)
     if transport == "tcp":
-        return Channel(_tcp_connect(host, port, timeout), plain_socket=True)
+        return Channel(_tcp_connect(host, port, timeout), plain_socket=True, link_timeout=link_timeout)
     if transport == "tls":
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls and tls.ca)
         if tls and tls.cert:
@@ -172,9 +174,10 @@ def connect(address: str, transport: str = "tcp", tls: TlsFiles | None = None,
             conn = context.wrap_socket(_tcp_connect(host, port, timeout), server_hostname=host)
         except (ssl.SSLError, OSError) as err:
             raise LinkError(f"TLS with {host}:{port}: {err}") from None
-        return Channel(conn, plain_socket=False)
+        return Channel(conn, plain_socket=False, link_timeout=link_timeout)
     if transport == "ssh":
-        return Channel(_ssh_channel(host, port, ssh or SshOptions(), timeout), plain_socket=False)
+        return Channel(_ssh_channel(host, port, ssh or SshOptions(), timeout), plain_socket=False,
+                       link_timeout=link_timeout)
     raise ProtocolError(f"transport: {transport!r} is not one of tcp, tls, ssh")
 
 
@@ -195,13 +198,13 @@ def _ssh_channel(host: str, port: int, options: SshOptions, timeout: float):
     except (paramiko.SSHException, OSError) as err:
         client.close()
         raise LinkError(f"SSH to {host}: {err}") from None
-    channel.settimeout(IO_TIMEOUT)
     channel.ssh_client = client  # keeps the SSH connection alive as long as the channel
     return channel
 
 
 class Listener:
-    def __init__(self, address: str, tls: TlsFiles | None = None):
+    def __init__(self, address: str, tls: TlsFiles | None = None, link_timeout: float = LINK_TIMEOUT):
+        self.link_timeout = link_timeout
         host, port = parse_address(address, default_host="::")
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
@@ -228,15 +231,15 @@ class Listener:
             conn, peer = self.sock.accept()
         except socket.timeout:
             raise LinkError(f"no migration arrived within {timeout:.0f} s") from None
-        conn.settimeout(IO_TIMEOUT)
+        conn.settimeout(self.link_timeout)
         if self.context is not None:
             try:
                 conn = self.context.wrap_socket(conn, server_side=True)
             except (ssl.SSLError, OSError) as err:
                 conn.close()
                 raise LinkError(f"TLS from {peer[0]}: {err}") from None
-            return Channel(conn, plain_socket=False), peer[0]
-        return Channel(conn, plain_socket=True), peer[0]
+            return Channel(conn, plain_socket=False, link_timeout=self.link_timeout), peer[0]
+        return Channel(conn, plain_socket=True, link_timeout=self.link_timeout), peer[0]
 
     def close(self) -> None:
         self.sock.close()

@@ -83,12 +83,13 @@ class SourceVm:
 def migrate(host: Host, name: str, to: str, token_file: Path, mode: str = "live",
             max_downtime_ms: float = 300.0, timeout_s: float = 3600.0, bandwidth: str | None = None,
             transport_name: str = "tcp", tls: transport.TlsFiles | None = None,
-            ssh: transport.SshOptions | None = None, on_progress=lambda progress: None) -> dict:
+            ssh: transport.SshOptions | None = None, on_progress=lambda progress: None,
+            link_timeout: float = transport.LINK_TIMEOUT) -> dict:
     if mode not in ("live", "warm", "cold"):
         raise FerryError(f"mode: {mode!r} is not one of live, warm, cold")
     vmdir = host._existing(name)
     options = sender.Options(mode, max_downtime_ms, timeout_s, parse_rate(bandwidth), read_token(token_file))
-    connect = lambda: transport.connect(to, transport_name, tls, ssh)  # noqa: E731
+    connect = lambda: transport.connect(to, transport_name, tls, ssh, link_timeout=link_timeout)  # noqa: E731
     if mode == "cold":
         return _cold(vmdir, connect, options, on_progress, to)
     if not vmdir.process_alive():
@@ -167,12 +168,13 @@ def _summary(name: str, to: str, report) -> dict:
 # --- receiving ---
 
 def receive(host: Host, name: str, listen: str, token_file: Path, timeout: float = 600.0,
-            tls: transport.TlsFiles | None = None, detach: bool = False) -> dict:
+            tls: transport.TlsFiles | None = None, detach: bool = False,
+            link_timeout: float = transport.LINK_TIMEOUT) -> dict:
     read_token(token_file)
     transport.parse_address(listen)
     command = [sys.executable, "-m", "ferry.runtime.vmproc", "--state-dir", str(host.root),
                "--incoming", listen, "--token-file", str(Path(token_file).resolve()),
-               "--accept-timeout", str(timeout)]
+               "--accept-timeout", str(timeout), "--link-timeout", str(link_timeout)]
     for flag, path in (("--tls-cert", tls and tls.cert), ("--tls-key", tls and tls.key), ("--tls-ca", tls and tls.ca)):
         if path:
             command += [flag, str(path)]

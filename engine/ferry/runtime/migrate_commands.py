@@ -25,7 +25,7 @@ def cmd_migrate(args):
     ssh = SshOptions(args.ssh_user, args.ssh_key, args.ssh_known_hosts, args.ssh_port)
     return migrate.migrate(Host(args.state_dir), args.name, args.to, args.token_file, args.mode,
                            args.max_downtime, args.timeout, args.bandwidth, args.transport, _tls(args), ssh,
-                           progress)
+                           progress, args.link_timeout)
 
 
 def _render_report(report: dict) -> None:
@@ -39,7 +39,7 @@ def _render_report(report: dict) -> None:
 
 def cmd_receive(args):
     return migrate.receive(Host(args.state_dir), args.name, args.listen, args.token_file, args.timeout,
-                           _tls(args), args.detach)
+                           _tls(args), args.detach, args.link_timeout)
 
 
 def _render_arrival(result: dict) -> None:
@@ -47,6 +47,12 @@ def _render_arrival(result: dict) -> None:
         print(f"{result['name']}: arrived, {result['state']}")
     else:
         print(f"{result['name']}: waiting on port {result['port']} (receiver pid {result['pid']})")
+
+
+def _link_options(parser) -> None:
+    parser.add_argument("--link-timeout", type=float, default=30.0, metavar="S",
+                        help="a link that moves nothing for S seconds is taken as cut")
+    _tls_options(parser)
 
 
 def _tls_options(parser) -> None:
@@ -68,7 +74,7 @@ def register(sub) -> None:
     parser.add_argument("--timeout", type=float, default=3600.0, metavar="S", help="give up after S seconds")
     parser.add_argument("--bandwidth", metavar="RATE", help="cap, bytes/s with K/M/G (default: no cap)")
     parser.add_argument("--transport", choices=("tcp", "tls", "ssh"), default="tcp")
-    _tls_options(parser)
+    _link_options(parser)
     parser.add_argument("--ssh-user", default="root")
     parser.add_argument("--ssh-key", type=Path)
     parser.add_argument("--ssh-known-hosts", type=Path)
@@ -81,5 +87,5 @@ def register(sub) -> None:
     parser.add_argument("--token-file", required=True, type=Path)
     parser.add_argument("--timeout", type=float, default=600.0, metavar="S", help="how long to wait")
     parser.add_argument("--detach", action="store_true", help="return once listening")
-    _tls_options(parser)
+    _link_options(parser)
     parser.set_defaults(func=cmd_receive, render=_render_arrival)

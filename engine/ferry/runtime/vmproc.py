@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--incoming", metavar="ADDR:PORT", help="wait for a migration of NAME here")
     parser.add_argument("--token-file", type=Path)
     parser.add_argument("--accept-timeout", type=float, default=600.0)
+    parser.add_argument("--link-timeout", type=float, default=30.0)
     parser.add_argument("--tls-cert", type=Path)
     parser.add_argument("--tls-key", type=Path)
     parser.add_argument("--tls-ca", type=Path)
@@ -242,7 +243,7 @@ def receive_main(args) -> int:
         incoming.staging.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         if incoming.staging.hold_lock() is None:
             raise FerryError(f"{args.name}: another receiver is already waiting for it")
-        listener = Listener(args.incoming, TlsFiles(args.tls_cert, args.tls_key, args.tls_ca))
+        listener = Listener(args.incoming, TlsFiles(args.tls_cert, args.tls_key, args.tls_ca), args.link_timeout)
     except FerryError as err:
         _detach_stdio(stdout, f"error: {err}")
         return 1

@@ -2,7 +2,7 @@ import pytest
 
 from ferry.runtime.host import Host
 
-from .helpers import Ferry
+from support.cli import Ferry
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from .helpers import assert_sequence_continues
+from support.cli import assert_sequence_continues
 
 pytestmark = pytest.mark.kvm
 GUEST = "builtin:selfcheck"

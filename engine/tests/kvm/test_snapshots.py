@@ -8,7 +8,7 @@ import pytest
 
 from ferry.snapshot import format as fmt
 
-from .helpers import assert_sequence_continues
+from support.cli import assert_sequence_continues
 
 pytestmark = pytest.mark.kvm
 GUEST = "builtin:selfcheck"
@@ -152,7 +152,7 @@ DAMAGE = {
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
     """One good snapshot, copied afresh for each kind of damage."""
-    from .helpers import Ferry
+    from support.cli import Ferry
     tmp = tmp_path_factory.mktemp("pristine")
     (tmp / "state").mkdir()
     ferry = Ferry(tmp / "state")

@@ -1,0 +1,85 @@
+"""Live, warm and cold migration between two lab hosts, on real KVM, over real links."""
+
+import pytest
+
+from support.labhost import PORT, beats, exactly_one_copy, migrate, receive, start_vm, wait_beats
+from support.cli import assert_sequence_continues
+
+pytestmark = [pytest.mark.kvm, pytest.mark.lab]
+
+
+def test_live_migration_of_a_busy_guest(hosts, tmp_path, token):
+    h1, h2 = hosts
+    start_vm(h1, tmp_path)
+    receive(h2, token)
+    report = migrate(h1, f"{h2.ipv4}:{PORT}", token)
+    assert report["outcome"] == "committed" and report["mode"] == "live"
+    assert report["downtime_ms"] < report["total_ms"] and report["bytes_on_wire"] > 16 * 2**20
+    exactly_one_copy(h2, h1)
+    assert h2.ok("status", "m1")["state"] == "running"
+
+
+def test_twenty_ping_pong_migrations(hosts, tmp_path, token):
+    h1, h2 = hosts
+    start_vm(h1, tmp_path)
+    here, there = h1, h2
+    for _ in range(20):
+        receive(there, token)
+        migrate(here, f"{there.ipv4}:{PORT}", token)
+        here, there = there, here
+    exactly_one_copy(here, there)
+
+
+def test_two_vcpus_migrate(hosts, tmp_path, token):
+    h1, h2 = hosts
+    start_vm(h1, tmp_path, vcpus=2)
+    receive(h2, token)
+    migrate(h1, f"{h2.ipv4}:{PORT}", token)
+    exactly_one_copy(h2, h1, cpus=(0, 1))
+
+
+def test_over_ipv6(hosts, tmp_path, token):
+    h1, h2 = hosts
+    start_vm(h1, tmp_path)
+    receive(h2, token, address=f"[{h2.ipv6}]:{PORT}")
+    migrate(h1, f"[{h2.ipv6}]:{PORT}", token)
+    exactly_one_copy(h2, h1)
+
+
+@pytest.mark.parametrize("mode", ["warm", "cold"])
+def test_warm_and_cold(hosts, tmp_path, token, mode):
+    h1, h2 = hosts
+    start_vm(h1, tmp_path)
+    if mode == "cold":
+        h1.ok("poweroff", "m1")
+    receive(h2, token)
+    report = migrate(h1, f"{h2.ipv4}:{PORT}", token, "m1", "--mode", mode)
+    assert report["outcome"] == "committed" and report["rounds"] == []
+    assert "m1" not in h1.vm_names()
+    if mode == "warm":
+        exactly_one_copy(h2, h1)
+    else:
+        assert h2.ok("status", "m1")["state"] == "stopped"
+        h2.ok("start", "m1")
+        wait_beats(h2, "m1", 2)
+
+
+def test_ssh_transport_needs_no_open_port(hosts, tmp_path, token, lab):
+    h1, h2 = hosts
+    start_vm(h1, tmp_path)
+    receive(h2, token, address=f"127.0.0.1:{PORT}")
+    state = lab.require()
+    migrate(h1, f"{h2.ipv4}:{PORT}", token, "m1", "--transport", "ssh", "--ssh-key", state["ssh_key"],
+            "--ssh-known-hosts", state["known_hosts"])
+    exactly_one_copy(h2, h1)
+
+
+def test_slow_link_auto_converges_a_busy_guest(hosts, tmp_path, token, lab):
+    h1, h2 = hosts
+    start_vm(h1, tmp_path, memory=128, cmdline="fill=60 rate=max hb=100")
+    lab.link(h2.name, rate="200mbit")
+    receive(h2, token)
+    report = migrate(h1, f"{h2.ipv4}:{PORT}", token, "m1", "--max-downtime", "100")
+    assert report["outcome"] == "committed"
+    assert report["throttle"] >= 0.2, f"no auto-converge: {report['rounds']}"
+    exactly_one_copy(h2, h1)
