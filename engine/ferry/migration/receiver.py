@@ -156,7 +156,9 @@ class Receiver:
             except LinkError:
                 break
             try:
-                query.expect(Kind.QUERY)
+                kind, _ = query.expect(Kind.QUERY, Kind.ABORT)
+                if kind is Kind.ABORT:
+                    break
                 query.send(Kind.OUTCOME, {"state": "prepared"})
                 query.expect(Kind.COMMIT)
                 return self._commit(query, machine, definition)
@@ -166,6 +168,7 @@ class Receiver:
                 query.close()
         self.state = "aborted"
         self.target.log("no COMMIT from the source: migration aborted, nothing runs here")
+        self.listener.close()
         self.target.discard(machine)
         return "aborted"
 

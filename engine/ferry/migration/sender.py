@@ -84,6 +84,7 @@ class Sender:
         self.options = options
         self.on_progress = on_progress
         self.report = Report(options.mode)
+        self.prepare_sent = False
         self.started = time.monotonic()
         self.progress = {"phase": "connecting", "bytes_sent": 0, "bytes_total": 0, "rate": 0.0,
                          "dirty_rate": 0.0, "round": 0, "throttle": 0.0, "eta_s": None}
@@ -101,6 +102,8 @@ class Sender:
             self._transfer(channel)
         except BaseException:
             channel.close()
+            if self.prepare_sent:
+                self._tell_abort()
             self.source.resume()
             raise
         self.source.handover()
@@ -126,6 +129,7 @@ class Sender:
         self.report.final_bytes = self._send_ranges(channel, merge(leftover + final))
         for section in self.source.sections():
             channel.send_section(section.name, section.version, fmt.digest(section.data), section.data)
+        self.prepare_sent = True
         channel.send(Kind.PREPARE, {"chunks": self.source.memory.digests()})
         channel.expect(Kind.PREPARED)
         self.paused_at = paused_at
@@ -234,6 +238,19 @@ class Sender:
                 time.sleep(1.0)
         raise InDoubt("could not learn whether the destination took over; the VM stays paused here. "
                       "Check the destination, then resolve with `ferry migrate NAME --resolve ...`")
+
+    def _tell_abort(self) -> None:
+        """The destination may hold a prepared copy: tell it to drop it now rather than at its timeout.
+        Best effort: without COMMIT it never runs that copy anyway."""
+        try:
+            channel = self.connect()
+            try:
+                handshake(channel, self.options.token)
+                channel.send(Kind.ABORT)
+            finally:
+                channel.close()
+        except (LinkError, ProtocolError, OSError):
+            pass
 
     def _downtime(self) -> None:
         self.report.downtime_ms = (time.monotonic() - self.paused_at) * 1000

@@ -38,7 +38,18 @@ class Host:
     # --- queries ---
 
     def names(self) -> list[str]:
+        self.clear_abandoned_arrivals()
         return statedir.vm_names(self.root)
+
+    def clear_abandoned_arrivals(self) -> None:
+        """Staging folders of receivers that died: never committed, so nothing of them may stay."""
+        incoming = self.root / "incoming"
+        if not incoming.is_dir():
+            return
+        for folder in incoming.iterdir():
+            staging = statedir.VmDir(self.root, folder.name, folder="incoming")
+            if not staging.process_alive():
+                shutil.rmtree(folder, ignore_errors=True)
 
     def get(self, name: str) -> dict | None:
         vmdir = self.vmdir(name)
