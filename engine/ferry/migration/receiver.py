@@ -17,6 +17,7 @@ from ..errors import FerryError
 from ..machine.state import Section
 from ..snapshot import format as fmt
 from . import protocol
+from .digests import ChunkDigests
 from .protocol import Kind, ProtocolError
 from .transport import Channel, LinkError, Listener
 
@@ -101,14 +102,18 @@ class Receiver:
 
     def _receive(self, channel: Channel, definition: dict, memory):
         sections: dict[str, Section] = {}
+        size = memory.size if memory else 0
+        self.digests = ChunkDigests(size, lambda start, length: memory.view[start:start + length])
         while True:
             frame = channel.recv_frame()
             if frame.kind is Kind.MEM:
-                _check_range(frame.a, frame.b, memory.size if memory else 0)
+                _check_range(frame.a, frame.b, size)
                 channel.recv_into(memory.view[frame.a:frame.a + frame.b])
+                self.digests.moved(frame.a, frame.a + frame.b)
             elif frame.kind is Kind.ZERO:
-                _check_range(frame.a, frame.b, memory.size if memory else 0)
+                _check_range(frame.a, frame.b, size)
                 memory.zero(frame.a, frame.b)
+                self.digests.moved(frame.a, frame.a + frame.b)
             elif frame.kind is Kind.SECTION:
                 head = protocol.decode(channel.recv_exact(frame.a))
                 data = channel.recv_exact(frame.b)
@@ -117,6 +122,7 @@ class Receiver:
                 sections[head["name"]] = Section(head["name"], frame.aux, data)
             elif frame.kind is Kind.ROUND:
                 channel.recv_message(frame)
+                self.digests.refresh()
             elif frame.kind is Kind.PREPARE:
                 return self._prepare(channel, channel.recv_message(frame), definition, memory, sections)
             else:
@@ -124,9 +130,7 @@ class Receiver:
 
     def _prepare(self, channel: Channel, message: dict, definition: dict, memory, sections):
         wanted = message.get("chunks", [])
-        have = [] if memory is None else fmt.chunk_digests(
-            memory.size, lambda start, length: memory.view[start:start + length],
-            fmt.chunks_with_data(memory.fd, memory.size))
+        have = self.digests.refresh()
         for index, (want, got) in enumerate(zip(wanted, have)):
             if want != got:
                 return self._fail(channel, f"memory chunk {index} differs from the source's")

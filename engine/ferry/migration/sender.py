@@ -17,10 +17,10 @@ from .. import __version__
 from ..errors import FerryError
 from ..snapshot import format as fmt
 from . import protocol
+from .digests import ChunkDigests
 from .protocol import Kind, ProtocolError
 from .transport import Channel, LinkError
 
-PIECE = 8 * 1024 * 1024
 THROTTLE_START, THROTTLE_STEP, THROTTLE_MAX = 0.20, 0.10, 0.99
 RESOLVE_TIMEOUT = 60.0
 
@@ -58,6 +58,9 @@ class Report:
     total_ms: float = 0.0
     downtime_ms: float = 0.0
     final_bytes: int = 0
+    stop_copy_ms: float = 0.0   # pause to last section sent
+    prepare_ms: float = 0.0     # PREPARE to PREPARED: the destination checks and builds
+    commit_ms: float = 0.0      # COMMIT to DONE: the destination records and starts
     bytes_on_wire: int = 0
     throttle: float = 0.0
     outcome: str = ""
@@ -96,6 +99,7 @@ class Sender:
         try:
             handshake(channel, self.options.token)
             self.source.begin(self.options.mode == "live")
+            self.digests = ChunkDigests(self.source.memory.size, self.source.memory.read)
             channel.send(Kind.OFFER, {"definition": definition, "memory": self.source.memory.size,
                                       "mode": self.options.mode})
             channel.expect(Kind.ACCEPT)
@@ -130,8 +134,12 @@ class Sender:
         for section in self.source.sections():
             channel.send_section(section.name, section.version, fmt.digest(section.data), section.data)
         self.prepare_sent = True
-        channel.send(Kind.PREPARE, {"chunks": self.source.memory.digests()})
+        digests = self.digests.refresh()
+        self.report.stop_copy_ms = (time.monotonic() - paused_at) * 1000
+        asked = time.monotonic()
+        channel.send(Kind.PREPARE, {"chunks": digests})
         channel.expect(Kind.PREPARED)
+        self.report.prepare_ms = (time.monotonic() - asked) * 1000
         self.paused_at = paused_at
 
     # --- pre-copy ---
@@ -164,6 +172,7 @@ class Sender:
         self._last_dirty = began
         self.report.rounds.append(Round(len(self.report.rounds), sent, took * 1000, dirty_bytes,
                                         self.progress["throttle"]))
+        self.digests.refresh()
         self._set(round=len(self.report.rounds), rate=sent / took if sent > 1 << 20 else self.progress["rate"])
 
     def _converge(self) -> None:
@@ -186,16 +195,27 @@ class Sender:
     def _send_ranges(self, channel: Channel, ranges) -> int:
         memory, sent = self.source.memory, 0
         for start, end in ranges:
-            for piece in range(start, end, PIECE):
-                length = min(PIECE, end - piece)
-                if length == fmt.CHUNK_SIZE and fmt.digest(memory.read(piece, length)) == fmt.ZERO_CHUNK_DIGEST:
-                    channel.send_zero(piece, length)
-                else:
-                    channel.send_memory(piece, length, memory)
-                    sent += length
+            piece = start
+            while piece < end:
+                length = min(fmt.CHUNK_SIZE - piece % fmt.CHUNK_SIZE, end - piece)
+                sent += self._send_piece(channel, memory, piece, length)
+                piece += length
                 self._pace(channel)
         self.progress["bytes_sent"] = channel.sent
         return sent
+
+    def _send_piece(self, channel: Channel, memory, start: int, length: int) -> int:
+        """Send one piece within a chunk; a whole chunk is hashed, and sent as a range if zero."""
+        if length == fmt.CHUNK_SIZE:
+            digest = fmt.digest(memory.read(start, length))
+            self.digests.known(start, digest)
+            if digest == fmt.ZERO_CHUNK_DIGEST:
+                channel.send_zero(start, length)
+                return 0
+        else:
+            self.digests.moved(start, start + length)
+        channel.send_memory(start, length, memory)
+        return length
 
     def _pace(self, channel: Channel) -> None:
         if self.options.bandwidth:
@@ -208,8 +228,10 @@ class Sender:
 
     def _commit(self, channel: Channel) -> str:
         try:
+            asked = time.monotonic()
             channel.send(Kind.COMMIT)
             channel.expect(Kind.DONE)
+            self.report.commit_ms = (time.monotonic() - asked) * 1000
             self._downtime()
             return "committed"
         except (LinkError, ProtocolError):

@@ -22,6 +22,14 @@ START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 
 
+def last_line(path) -> str:
+    try:
+        lines = [line for line in open(path, errors="replace").read().splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1] if lines else "no log"
+
+
 class Host:
     def __init__(self, state_dir: str | os.PathLike | None = None):
         self.root = statedir.resolve(state_dir)
@@ -72,7 +80,20 @@ class Host:
         info.update(state=state, error=error, pid=status.get("pid") if state in ("running", "paused") else None,
                     boot_count=status.get("boot_count", 0), path=str(vmdir.path),
                     console_log=str(vmdir.console_log))
+        migration = self._migration(vmdir) if state in ("running", "paused") else None
+        if migration:
+            info["migration"] = migration
         return info
+
+    def _migration(self, vmdir: statedir.VmDir) -> dict | None:
+        """A migration under way: phase and progress, from the VM process itself."""
+        record = vmdir.read_migration()
+        if record.get("phase") not in ("sending", "paused", "handover", "in-doubt"):
+            return None
+        try:
+            return control.request(vmdir.socket, "status", timeout=2).get("migration") or record
+        except control.ControlError:
+            return record
 
     # --- definitions ---
 
@@ -123,7 +144,8 @@ class Host:
             raise FerryError(f"{vmdir.name}: could not start: {line[len('error: '):]}")
         if line not in ("ready", "already running"):
             child.kill()
-            raise FerryError(f"{vmdir.name}: did not start within {timeout:.0f} s (see {vmdir.engine_log})")
+            why = f"did not start within {timeout:.0f} s" if not ready else "its process ended at once"
+            raise FerryError(f"{vmdir.name}: {why}: {last_line(vmdir.engine_log)} (see {vmdir.engine_log})")
 
     def _control(self, name: str, op: str, **args) -> dict:
         vmdir = self._existing(name)

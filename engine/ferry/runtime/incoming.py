@@ -19,6 +19,7 @@ from ..memory import GuestMemory
 from ..snapshot import restore
 from . import definition as defn
 from . import statedir
+from .vmproc import Console, VmProcess, spec_of
 
 MEMORY_MARGIN_MIB = 64
 
@@ -40,6 +41,7 @@ class Incoming:
         self.final = statedir.VmDir(root, name)
         self.definition: defn.Definition | None = None
         self.console = None
+        self.machine: Machine | None = None
         self.process = None
 
     # --- the receiver's target interface ---
@@ -58,38 +60,43 @@ class Incoming:
         self.staging.save_definition(definition)
 
     def create_memory(self, size: int):
-        return GuestMemory(size) if size else None
+        """RAM for the arriving VM, and the machine around it, built now so that none
+        of this setup falls into the guest's downtime."""
+        if not size:
+            return None
+        memory = GuestMemory(size)
+        try:
+            self.console = Console(self.staging.console_log)
+            self.machine = Machine(spec_of(self.definition), self.console, memory=memory)
+            self.process = VmProcess(self.staging, self.console)
+        except BaseException:
+            memory.close()
+            raise
+        return memory
 
     def build(self, values: dict, memory, sections: dict[str, state.Section]):
         if memory is None:
             return None
-        from .vmproc import Console, spec_of
         restore.check_sections({"definition": values, "sections": [
             {"name": s.name, "version": s.version} for s in sections.values()]})
-        self.console = Console(self.staging.console_log)
-        machine = Machine(spec_of(self.definition), self.console, memory=memory)
-        try:
-            state.apply(machine, sections)
-        except BaseException:
-            machine.close()
-            raise
-        return machine
+        state.apply(self.machine, sections)
+        return self.machine
 
     def commit(self, machine, values: dict) -> None:
-        from .vmproc import VmProcess
         self.staging.write_migration(phase="committed", role="destination", committed_at=time.time())
         self.final.path.parent.mkdir(parents=True, exist_ok=True)
         self.staging.path.rename(self.final.path)
         if machine is None:
             self.log("cold migration committed: the VM is defined here, stopped")
             return
-        self.process = VmProcess(self.final)
-        self.process.adopt(machine)
+        self.process.adopt(machine, self.final)
         self.log("migration committed: the VM runs here")
 
     def discard(self, thing) -> None:
-        if isinstance(thing, Machine):
-            thing.close()
+        if self.process is not None:
+            self.process.server.close()
+        if self.machine is not None:
+            self.machine.close()
         elif isinstance(thing, GuestMemory):
             thing.close()
         shutil.rmtree(self.staging.path, ignore_errors=True)

@@ -23,9 +23,13 @@ def cmd_migrate(args):
     else:
         progress = lambda values: None  # noqa: E731
     ssh = SshOptions(args.ssh_user, args.ssh_key, args.ssh_known_hosts, args.ssh_port)
-    return migrate.migrate(Host(args.state_dir), args.name, args.to, args.token_file, args.mode,
-                           args.max_downtime, args.timeout, args.bandwidth, args.transport, _tls(args), ssh,
-                           progress, args.link_timeout)
+    report = migrate.migrate(Host(args.state_dir), args.name, args.to, args.token_file, args.mode,
+                             args.max_downtime, args.timeout, args.bandwidth, args.transport, _tls(args), ssh,
+                             progress, args.link_timeout)
+    if args.plot:
+        from ..migration.plot import plot_report
+        report["plot"] = str(plot_report(report, args.plot))
+    return report
 
 
 def _render_report(report: dict) -> None:
@@ -74,6 +78,7 @@ def register(sub) -> None:
     parser.add_argument("--timeout", type=float, default=3600.0, metavar="S", help="give up after S seconds")
     parser.add_argument("--bandwidth", metavar="RATE", help="cap, bytes/s with K/M/G (default: no cap)")
     parser.add_argument("--transport", choices=("tcp", "tls", "ssh"), default="tcp")
+    parser.add_argument("--plot", type=Path, metavar="FILE", help="draw the rounds into a PNG")
     _link_options(parser)
     parser.add_argument("--ssh-user", default="root")
     parser.add_argument("--ssh-key", type=Path)

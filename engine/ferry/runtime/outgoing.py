@@ -31,9 +31,9 @@ class Outgoing:
     def machine(self):
         return self.process.machine
 
-    def _record(self, phase: str, **extra) -> None:
+    def _record(self, phase: str, durable: bool = True, **extra) -> None:
         self.phase = phase
-        self.process.vmdir.write_migration(phase=phase, role="source", **extra)
+        self.process.vmdir.write_migration(phase=phase, role="source", durable=durable, **extra)
 
     def handle(self, action: str, request: dict, session: dict) -> dict:
         if action not in ("begin", "attach") and session.get("migration") is not self:
@@ -73,7 +73,7 @@ class Outgoing:
     def do_pause(self, request: dict, session: dict) -> dict:
         self.machine.pause()
         self.machine.set_throttle(0)
-        self._record("paused")
+        self._record("paused", durable=False)  # the guest resumes here on any failure: nothing to resolve
         ranges = memio.dirty_ranges(self.machine) if self.live else []
         return {"ranges": ranges}
 

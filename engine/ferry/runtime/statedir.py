@@ -23,13 +23,15 @@ def resolve(state_dir: str | os.PathLike | None = None) -> Path:
     return Path(state_dir or os.environ.get(ENV_STATE_DIR) or DEFAULT_STATE_DIR)
 
 
-def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    """Replace ``path`` so a reader sees the old or the new file, never half of one."""
+def write_atomic(path: Path, text: str, mode: int = 0o644, durable: bool = True) -> None:
+    """Replace ``path`` so a reader sees the old or the new file, never half of one;
+    ``durable`` also waits for the disk, for records that must survive a crash."""
     temporary = path.with_name(f".{path.name}.tmp")
     with open(temporary, "w") as handle:
         handle.write(text)
         handle.flush()
-        os.fsync(handle.fileno())
+        if durable:
+            os.fsync(handle.fileno())
     os.chmod(temporary, mode)
     os.replace(temporary, path)
 
@@ -79,7 +81,8 @@ class VmDir:
 
     def write_status(self, **fields) -> None:
         status = {**self.read_status(), **fields, "updated_at": time.time()}
-        write_atomic(self.status_file, json.dumps(status, sort_keys=True))
+        # Not synced: after a crash the lock, not this file, says whether the VM runs.
+        write_atomic(self.status_file, json.dumps(status, sort_keys=True), durable=False)
 
     @property
     def migration_file(self) -> Path:
@@ -91,10 +94,14 @@ class VmDir:
         except (OSError, ValueError):
             return {}
 
-    def write_migration(self, **fields) -> None:
+    def write_migration(self, durable: bool = True, **fields) -> None:
         """The migration's phase, on disk before it takes effect, so a restart can resolve it."""
         record = {**self.read_migration(), **fields, "updated_at": time.time()}
-        write_atomic(self.migration_file, json.dumps(record, sort_keys=True))
+        write_atomic(self.migration_file, json.dumps(record, sort_keys=True), durable=durable)
+
+    def moved(self, folder: str) -> "VmDir":
+        """The same VM's folder after a rename into ``folder``."""
+        return VmDir(self.root, self.name, folder)
 
     def retire(self) -> Path:
         """Move this VM's folder (logs, snapshots) aside once it lives on another host."""

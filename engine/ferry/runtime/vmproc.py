@@ -59,10 +59,10 @@ class Console:
 
 
 class VmProcess:
-    def __init__(self, vmdir: statedir.VmDir):
+    def __init__(self, vmdir: statedir.VmDir, console: Console | None = None):
         self.vmdir = vmdir
         self.definition = vmdir.load_definition()
-        self.console = Console(vmdir.console_log)
+        self.console = console or Console(vmdir.console_log)
         self.lock = threading.Lock()
         self.machine: Machine | None = None
         self.boot_count = 0
@@ -78,12 +78,16 @@ class VmProcess:
         self.boot_count += 1
         self._started()
 
-    def adopt(self, machine: Machine) -> None:
-        """Run a machine built elsewhere (an incoming migration) as this VM."""
+    def adopt(self, machine: Machine, vmdir: statedir.VmDir) -> None:
+        """Run a machine built elsewhere (an incoming migration, its folder now ``vmdir``)."""
+        self.vmdir = vmdir
+        self.server.path = vmdir.socket
         self.machine = machine
         self.boot_count = 1
+        self.machine.start()
         self.server.start()
-        self._started()
+        self.vmdir.write_status(state="running", error=None, pid=os.getpid(), restored_from=None,
+                                boot_count=self.boot_count, started_at=time.time())
 
     def restore(self, folder: Path, lazy: bool, verify_memory: bool) -> None:
         self.machine, manifest = restore.build(folder, self.console, spec_of(self.definition),
@@ -127,11 +131,11 @@ class VmProcess:
 
     def handle(self, request: dict, session: dict) -> dict:
         op = request.get("op")
+        if op == "status":
+            return self.status()  # never waits behind a long snapshot or migration step
         with self.lock:
             if op.startswith("migration-"):
                 return self.outgoing.handle(op[len("migration-"):], request, session)
-            if op == "status":
-                return self.status()
             if op == "pause":
                 self.machine.pause()
                 self.vmdir.write_status(state="paused")

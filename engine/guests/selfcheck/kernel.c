@@ -41,6 +41,7 @@ _Static_assert(sizeof(struct tss64) == 104, "TSS layout");
  *   0x64          i8042 command (reboot_after)
  *   0x70-0x71     CMOS index/data (boot counter in NVRAM)
  *   0x3f8-0x3ff   COM1
+ *   0x600-0x601   ACPI PM1a status (the power button)
  *   0x604-0x605   ACPI PM1a control (poweroff_after; a 16-bit write spans both)
  * The byte after the bitmap must be all ones and inside the TSS limit. */
 static struct {
@@ -55,7 +56,7 @@ static struct {
         [0x00f ... 0x07e] = 0xff,
         [0x07f] = 0x00,                     /* 0x3f8-0x3ff */
         [0x080 ... 0x0bf] = 0xff,
-        [0x0c0] = 0xcf,                     /* 0x604, 0x605 */
+        [0x0c0] = 0xcc,                     /* 0x600, 0x601, 0x604, 0x605 */
         [0x0c1 ... IOMAP_BYTES] = 0xff,
     },
 };

@@ -345,9 +345,24 @@ static void setup(struct boot_info *bi)
     banner(bi);
 }
 
+#define PM1_STS 0x600
+#define PWRBTN_STS 0x0100
+
+/* A pressed ACPI power button (ferry stop) powers the guest off, as an OS would. */
+static void check_power_button(void)
+{
+    if (!(inw(PM1_STS) & PWRBTN_STS))
+        return;
+    console_lock();
+    serial_write("FERRY-SELFCHECK power button: powering off\n", 43);
+    console_unlock();
+    outw(0x604, 0x3400);                    /* SLP_TYP=5 | SLP_EN */
+}
+
 /* vCPU 0's actions after its heartbeat number seq. */
 static void after_heartbeat(uint64_t seq)
 {
+    check_power_button();
     if (seq == 1 && cfg.crash)
         crash_request = cfg.crash;
     if (cfg.poweroff_after && seq == cfg.poweroff_after)

@@ -132,3 +132,12 @@ def test_undefine_removes_the_folder(ferry, tmp_path):
     ferry.ok("undefine", "vm1")
     assert not (ferry.state_dir / "vms" / "vm1").exists()
     assert ferry.ok("list") == []
+
+
+def test_stop_presses_the_power_button_and_the_guest_shuts_down(ferry, tmp_path):
+    boot(ferry, tmp_path, cmdline="fill=10 rate=0 hb=100")
+    ferry.wait_heartbeats("vm1", 2)
+    started = time.monotonic()
+    vm = ferry.ok("stop", "vm1", "--timeout", "20")
+    assert vm["state"] == "stopped" and time.monotonic() - started < 10
+    assert b"power button: powering off" in ferry.console("vm1")

@@ -83,3 +83,26 @@ def test_slow_link_auto_converges_a_busy_guest(hosts, tmp_path, token, lab):
     assert report["outcome"] == "committed"
     assert report["throttle"] >= 0.2, f"no auto-converge: {report['rounds']}"
     exactly_one_copy(h2, h1)
+
+
+def test_progress_on_the_source_and_a_plot_of_the_rounds(hosts, tmp_path, token, lab):
+    import time
+    h1, h2 = hosts
+    start_vm(h1, tmp_path, memory=128, cmdline="fill=60 rate=max hb=100")
+    lab.link(h2.name, rate="200mbit")
+    receive(h2, token)
+    plot = tmp_path / "rounds.png"
+    process = h1.popen("migrate", "m1", "--to", f"{h2.ipv4}:{PORT}", "--token-file", str(token),
+                       "--max-downtime", "50", "--plot", str(plot))
+    seen = None
+    deadline = time.monotonic() + 60
+    while seen is None and process.poll() is None and time.monotonic() < deadline:
+        status = h1.ok("status", "m1") if "m1" in h1.vm_names() else {}
+        if status.get("migration", {}).get("bytes_sent"):
+            seen = status["migration"]
+        time.sleep(0.2)
+    assert process.wait(120) == 0, process.stderr.read()
+    assert seen and seen["phase"] in ("first-pass", "pre-copy", "stop-and-copy") and seen["rate"] >= 0
+    assert {"round", "throttle", "dirty_rate", "bytes_total"} <= set(seen)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    exactly_one_copy(h2, h1)

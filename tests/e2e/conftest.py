@@ -1,0 +1,65 @@
+"""One lab of two hosts for the whole e2e session, the engine installed on it once by site.yml,
+and an ``ansible`` fixture that drives the real ansible-playbook over SSH (see harness.py).
+
+Like the engine's KVM and lab tests, these fail loudly where /dev/kvm or the lab's tools are
+missing; FERRY_ALLOW_NO_KVM=1 or FERRY_ALLOW_NO_LAB=1 turns that into a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from harness import ROOT, Ansible
+
+
+def environment_problem() -> tuple[str, str] | None:
+    """(variable that turns the failure into a skip, what is missing), or None."""
+    if os.geteuid() != 0:
+        return "FERRY_ALLOW_NO_LAB", "the lab needs root"
+    from ferry.kvm.fds import Kvm, KvmUnavailable
+    try:
+        Kvm().close()
+    except KvmUnavailable as err:
+        return "FERRY_ALLOW_NO_KVM", f"KVM is unusable: {err}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def lab():
+    problem = environment_problem()
+    if problem:
+        variable, reason = problem
+        if os.environ.get(variable) == "1":
+            pytest.skip(f"NO LAB: {reason}")
+        pytest.fail(f"e2e tests cannot run: {reason} ({variable}=1 skips them instead)")
+    from ferry.lab import Lab
+    subprocess.run([os.path.join(ROOT, "scripts", "link-collection.sh")], check=True, stdout=subprocess.DEVNULL)
+    directory = tempfile.mkdtemp(prefix="ferry-e2e-")
+    lab = Lab(os.path.join(directory, "lab"))
+    try:
+        lab.up(hosts=2)
+        yield lab
+    finally:
+        lab.down()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ansible(lab):
+    return Ansible(lab, os.path.dirname(lab.dir))
+
+
+@pytest.fixture(scope="session")
+def first_site_run(ansible):
+    """site.yml on the new lab: installs the engine that every other e2e test uses."""
+    return ansible.site()
+
+
+@pytest.fixture
+def engine_installed(first_site_run):
+    first_site_run.expect_ok()

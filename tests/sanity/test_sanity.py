@@ -1,0 +1,19 @@
+"""ansible-test sanity over the collection (tests/sanity/run.sh). Slow: it makes a virtual
+environment per sanity test and installs its requirements from the package index."""
+
+import os
+import subprocess
+
+import pytest
+
+RUN = os.path.join(os.path.dirname(__file__), "run.sh")
+
+
+@pytest.mark.slow
+def test_ansible_test_sanity_passes():
+    proc = subprocess.run([RUN], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=1800, check=False)
+    if proc.returncode != 0:
+        problems = [line for line in proc.stdout.splitlines() if line.startswith(("ERROR", "FATAL"))]
+        pytest.fail("ansible-test sanity failed:\n" + "\n".join(problems or proc.stdout.splitlines()[-40:]),
+                    pytrace=False)
