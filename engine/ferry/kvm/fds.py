@@ -250,5 +250,8 @@ class VcpuFd:
 
     def close(self) -> None:
         del self.run_state
-        self._map.close()
+        try:
+            self._map.close()
+        except BufferError:
+            pass  # someone still holds the kvm_run view; the mapping goes with it
         os.close(self.fd)

@@ -17,7 +17,7 @@ from ..errors import FerryError
 from ..machine.state import Section
 from ..snapshot import format as fmt
 from . import protocol
-from .digests import ChunkDigests
+from ..snapshot.digests import ChunkDigests
 from .protocol import Kind, ProtocolError
 from .transport import Channel, LinkError, Listener
 

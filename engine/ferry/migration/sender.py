@@ -17,7 +17,7 @@ from .. import __version__
 from ..errors import FerryError
 from ..snapshot import format as fmt
 from . import protocol
-from .digests import ChunkDigests
+from ..snapshot.digests import ChunkDigests
 from .protocol import Kind, ProtocolError
 from .transport import Channel, LinkError
 
@@ -235,9 +235,9 @@ class Sender:
             self._downtime()
             return "committed"
         except (LinkError, ProtocolError):
-            return self._resolve()
+            return self.resolve()
 
-    def _resolve(self) -> str:
+    def resolve(self) -> str:
         """In doubt: ask the destination what happened, as long as it takes to reach it."""
         self._set(phase="in-doubt")
         deadline = time.monotonic() + RESOLVE_TIMEOUT

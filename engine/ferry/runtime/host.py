@@ -69,31 +69,34 @@ class Host:
     def describe(self, vmdir: statedir.VmDir) -> dict:
         info = vmdir.load_definition().to_dict()
         status = vmdir.read_status()
-        if vmdir.process_alive():
-            state, error = status.get("state", "running"), None
-            if state not in ("running", "paused"):
-                state = "running"
+        live = self._live_status(vmdir)
+        if live is not None:
+            state, error = live["state"], None
         else:
             state, error = status.get("state", "stopped"), status.get("error")
             if state in ("running", "paused"):
                 state, error = "crashed", "the VM process ended without recording why (killed?)"
-        info.update(state=state, error=error, pid=status.get("pid") if state in ("running", "paused") else None,
+        info.update(state=state, error=error, pid=status.get("pid") if live is not None else None,
                     boot_count=status.get("boot_count", 0), path=str(vmdir.path),
                     console_log=str(vmdir.console_log))
-        migration = self._migration(vmdir) if state in ("running", "paused") else None
-        if migration:
-            info["migration"] = migration
+        if live and live.get("migration"):
+            info["migration"] = live["migration"]
+        if live and "exits" in live:
+            info["exits"] = live["exits"]
         return info
 
-    def _migration(self, vmdir: statedir.VmDir) -> dict | None:
-        """A migration under way: phase and progress, from the VM process itself."""
-        record = vmdir.read_migration()
-        if record.get("phase") not in ("sending", "paused", "handover", "in-doubt"):
+    def _live_status(self, vmdir: statedir.VmDir) -> dict | None:
+        """What the VM process itself says (running or paused, a migration's progress),
+        or None when no process holds the VM."""
+        if not vmdir.process_alive():
             return None
         try:
-            return control.request(vmdir.socket, "status", timeout=2).get("migration") or record
+            live = control.request(vmdir.socket, "status", timeout=2)
         except control.ControlError:
-            return record
+            live = {"state": vmdir.read_status().get("state", "running")}
+        if live.get("state") not in ("running", "paused"):
+            live["state"] = "running"
+        return live
 
     # --- definitions ---
 

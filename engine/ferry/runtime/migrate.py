@@ -84,7 +84,7 @@ def migrate(host: Host, name: str, to: str, token_file: Path, mode: str = "live"
             max_downtime_ms: float = 300.0, timeout_s: float = 3600.0, bandwidth: str | None = None,
             transport_name: str = "tcp", tls: transport.TlsFiles | None = None,
             ssh: transport.SshOptions | None = None, on_progress=lambda progress: None,
-            link_timeout: float = transport.LINK_TIMEOUT) -> dict:
+            link_timeout: float = transport.LINK_TIMEOUT, resolve: bool = False) -> dict:
     if mode not in ("live", "warm", "cold"):
         raise FerryError(f"mode: {mode!r} is not one of live, warm, cold")
     vmdir = host._existing(name)
@@ -94,6 +94,8 @@ def migrate(host: Host, name: str, to: str, token_file: Path, mode: str = "live"
         return _cold(vmdir, connect, options, on_progress, to)
     if not vmdir.process_alive():
         raise Conflict(f"{name}: the VM is not running; use --mode cold to move a stopped VM")
+    if resolve:
+        return _resolve(vmdir, connect, options, to)
     session = Session(vmdir.socket, timeout=120)
     source = SourceVm(session, to)
 
@@ -108,6 +110,20 @@ def migrate(host: Host, name: str, to: str, token_file: Path, mode: str = "live"
             source.memory.close()
         session.close()
     return _summary(name, to, report)
+
+
+def _resolve(vmdir, connect, options, to: str) -> dict:
+    """Settle a migration left in doubt: ask the destination, then finish or resume here."""
+    session = Session(vmdir.socket, timeout=120)
+    try:
+        session.call("migration-attach")
+        worker = sender.Sender(SourceVm(session, to), connect, options)
+        worker.paused_at = time.monotonic()
+        outcome = worker.resolve()
+        session.call("migration-finish", outcome=outcome, report={"resolved": True})
+    finally:
+        session.close()
+    return {"name": vmdir.name, "to": to, "outcome": outcome, "resolved": True}
 
 
 class NoMemory:

@@ -25,7 +25,9 @@ def cmd_migrate(args):
     ssh = SshOptions(args.ssh_user, args.ssh_key, args.ssh_known_hosts, args.ssh_port)
     report = migrate.migrate(Host(args.state_dir), args.name, args.to, args.token_file, args.mode,
                              args.max_downtime, args.timeout, args.bandwidth, args.transport, _tls(args), ssh,
-                             progress, args.link_timeout)
+                             progress, args.link_timeout, args.resolve)
+    if args.resolve:
+        return report
     if args.plot:
         from ..migration.plot import plot_report
         report["plot"] = str(plot_report(report, args.plot))
@@ -33,6 +35,9 @@ def cmd_migrate(args):
 
 
 def _render_report(report: dict) -> None:
+    if report.get("resolved"):
+        print(f"{report['name']}: the migration to {report['to']} was {report['outcome']}")
+        return
     if sys.stderr.isatty():
         sys.stderr.write("\n")
     print(f"{report['name']}: {report['mode']} migration to {report['to']} {report['outcome']} in "
@@ -79,6 +84,8 @@ def register(sub) -> None:
     parser.add_argument("--bandwidth", metavar="RATE", help="cap, bytes/s with K/M/G (default: no cap)")
     parser.add_argument("--transport", choices=("tcp", "tls", "ssh"), default="tcp")
     parser.add_argument("--plot", type=Path, metavar="FILE", help="draw the rounds into a PNG")
+    parser.add_argument("--resolve", action="store_true",
+                        help="settle a migration left in doubt by asking the destination what happened")
     _link_options(parser)
     parser.add_argument("--ssh-user", default="root")
     parser.add_argument("--ssh-key", type=Path)

@@ -123,7 +123,8 @@ class Outgoing:
     def status(self) -> dict | None:
         if self.phase is None:
             return None
-        return {"phase": self.phase, **self.progress}
+        # "phase" is where the handover stands here; "step" is the sender's own progress.
+        return {**self.progress, "phase": self.phase, "step": self.progress.get("phase")}
 
 
 def decode_sections(items: list[dict]) -> list[state.Section]:

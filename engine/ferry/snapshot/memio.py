@@ -1,7 +1,7 @@
 """Moving guest RAM between the memfd, KVM's dirty log and files, without a Python copy.
 
 Writes go from the guest mapping straight to the file (``pwrite`` of a
-memoryview), reads straight into it (``preadv``); holes in the memfd (pages
+memoryview), reads into the memfd with ``sendfile``; holes in the memfd (pages
 the guest never touched) are skipped with SEEK_DATA, so they stay holes in
 the file.
 """
@@ -24,9 +24,11 @@ def write_range(view, fd: int, start: int, end: int) -> None:
         start += os.pwrite(fd, view[start:end], start)
 
 
-def read_range(view, fd: int, start: int, end: int) -> None:
+def copy_into(memfd: int, fd: int, start: int, end: int) -> None:
+    """File to guest RAM at the same offsets, inside the kernel (sendfile)."""
+    os.lseek(memfd, start, os.SEEK_SET)
     while start < end:
-        got = os.preadv(fd, [view[start:end]], start)
+        got = os.sendfile(memfd, fd, start, end - start)
         if got == 0:
             raise EOFError(f"memory file ends at {start:#x}, expected {end:#x}")
         start += got

@@ -58,7 +58,7 @@ def _memory(folder: Path, manifest: dict, lazy: bool) -> GuestMemory:
     try:
         memory = GuestMemory(size)
         for start, end in fmt.data_ranges(fd, size):
-            memio.read_range(memory.view, fd, start, end)
+            memio.copy_into(memory.fd, fd, start, end)
         return memory
     finally:
         os.close(fd)

@@ -21,6 +21,7 @@ from ..machine import state
 from . import format as fmt
 from . import memio
 from .compress import compress_file
+from .digests import ChunkDigests
 
 MAX_ROUNDS = 8
 SMALL_DELTA = 4 * 1024 * 1024  # pause once what is left is this small
@@ -44,34 +45,47 @@ def _sync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _copy(machine, out: int, ranges, report: SaveReport) -> int:
+def _copy(machine, out: int, ranges, report: SaveReport, digests: ChunkDigests) -> int:
+    """Write ranges chunk by chunk; whole chunks are hashed on the way, as the manifest needs."""
+    view, written = machine.memory.view, 0
     for start, end in ranges:
-        memio.write_range(machine.memory.view, out, start, end)
-    written = memio.total(ranges)
+        piece = start
+        while piece < end:
+            length = min(fmt.CHUNK_SIZE - piece % fmt.CHUNK_SIZE, end - piece)
+            if length == fmt.CHUNK_SIZE:
+                digests.known(piece, fmt.digest(view[piece:piece + length]))
+            else:
+                digests.moved(piece, piece + length)
+            memio.write_range(view, out, piece, piece + length)
+            piece += length
+            written += length
     report.bytes_written += written
     return written
 
 
-def _precopy(machine, out: int, report: SaveReport) -> None:
+def _precopy(machine, out: int, report: SaveReport, digests: ChunkDigests) -> None:
     memio.set_dirty_logging(machine, True)
-    _copy(machine, out, memio.used_ranges(machine.memory), report)
+    _copy(machine, out, memio.used_ranges(machine.memory), report, digests)
     for _ in range(MAX_ROUNDS):
-        written = _copy(machine, out, memio.dirty_ranges(machine), report)
+        written = _copy(machine, out, memio.dirty_ranges(machine), report, digests)
+        digests.refresh()
         report.rounds.append(written)
         if written <= SMALL_DELTA:
             break
 
 
-def write_memory(machine, out: int, live: bool, report: SaveReport) -> list[state.Section]:
+def write_memory(machine, out: int, live: bool, report: SaveReport,
+                 digests: ChunkDigests) -> list[state.Section]:
     """Write RAM into ``out``; return the sections, captured while paused. Leaves the VM paused."""
     try:
         if live:
-            _precopy(machine, out, report)
+            _precopy(machine, out, report, digests)
         started = time.perf_counter()
         machine.pause()
         try:
             ranges = memio.dirty_ranges(machine) if live else memio.used_ranges(machine.memory)
-            _copy(machine, out, ranges, report)
+            _copy(machine, out, ranges, report, digests)
+            digests.refresh()
             sections = state.capture(machine)
         finally:
             report.pause_ms = (time.perf_counter() - started) * 1000
@@ -95,14 +109,17 @@ def create(machine, folder: Path, definition: dict, origin: dict, tags: list[str
         try:
             os.ftruncate(out, machine.memory.size)
             resume_needed = True
-            sections = write_memory(machine, out, live, report)
+            digests = ChunkDigests(machine.memory.size,
+                                   lambda start, length: machine.memory.view[start:start + length])
+            sections = write_memory(machine, out, live, report, digests)
             if not leave_paused:
                 machine.resume()
                 resume_needed = False
             os.fsync(out)
         finally:
             os.close(out)
-        manifest = _manifest(folder.name, machine, definition, origin, tags, partial, sections, report)
+        manifest = _manifest(folder.name, machine, definition, origin, tags, partial, sections, report,
+                             digests.values)
         if compress:
             manifest["memory"].update(compress_file(partial / fmt.MEMORY))
         manifest["save"] = {**report.__dict__, "total_ms": (time.perf_counter() - began) * 1000}
@@ -119,9 +136,8 @@ def create(machine, folder: Path, definition: dict, origin: dict, tags: list[str
 
 
 def _manifest(snapshot_id: str, machine, definition: dict, origin: dict, tags: list[str],
-              partial: Path, sections, report: SaveReport) -> dict:
+              partial: Path, sections, report: SaveReport, digests: list[str]) -> dict:
     entries = fmt.write_state(partial, sections)
-    digests = fmt.memory_digests(partial / fmt.MEMORY, machine.memory.size)
     report.disk_bytes = os.stat(partial / fmt.MEMORY).st_blocks * 512
     return {
         "id": snapshot_id,

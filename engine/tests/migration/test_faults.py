@@ -24,8 +24,8 @@ BUSY = "fill=60 rate=max hb=100"
 def relay(lab, hosts):
     made = []
 
-    def make(cut):
-        proxy = FaultProxy((lab.require()["root_ipv4"], 0), (hosts[1].ipv4, PORT), cut)
+    def make(cut, hold=None):
+        proxy = FaultProxy((lab.require()["root_ipv4"], 0), (hosts[1].ipv4, PORT), cut, hold)
         made.append(proxy)
         return proxy, f"{lab.require()['root_ipv4']}:{proxy.port}"
 
@@ -133,3 +133,23 @@ def test_timeout_gives_up_cleanly(hosts, tmp_path, token, lab):
     done = migrate(h1, f"{h2.ipv4}:{PORT}", token, "m1", "--timeout", "1", expect_ok=False)
     assert done.returncode != 0 and "did not converge within 1 s" in done.stderr
     exactly_one_copy(h1, h2)
+
+
+def test_sender_killed_during_handover_is_resolved_later(hosts, tmp_path, token, relay):
+    import threading
+    h1, h2 = hosts
+    start_vm(h1, tmp_path)
+    receive(h2, token)
+    hold = threading.Event()
+    proxy, address = relay(("out", Kind.COMMIT, 0), hold)
+    process = _start_migration(h1, address, token)
+    assert proxy.reached.wait(60), "the migration never reached its handover"
+    process.send_signal(signal.SIGKILL)
+    process.wait(10)
+    hold.set()
+    status = h1.ok("status", "m1")
+    assert status["state"] == "paused" and status["migration"]["phase"] in ("handover", "in-doubt")
+    assert "m1" not in h2.vm_names(), "the destination must not run it before COMMIT"
+    settled = h1.ok("migrate", "m1", "--to", address, "--token-file", str(token), "--resolve")
+    assert settled["outcome"] == "committed"
+    exactly_one_copy(h2, h1)

@@ -29,9 +29,14 @@ class FaultProxy:
     ``direction`` ("out" source->destination, "back" destination->source), once
     ``after_bytes`` of MEM payload have passed; kind None cuts on the byte count alone."""
 
-    def __init__(self, listen: tuple[str, int], target: tuple[str, int], cut=None):
+    def __init__(self, listen: tuple[str, int], target: tuple[str, int], cut=None,
+                 hold: threading.Event | None = None):
+        """With ``hold``, the relay stops at the cut point, sets ``reached`` and waits for
+        ``hold`` before cutting, so a test can act while the frame is in flight."""
         self.target = target
         self.cut = cut
+        self.hold = hold
+        self.reached = threading.Event()
         self.cuts = 0
         self.connections = 0
         family = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
@@ -64,6 +69,9 @@ class FaultProxy:
                 if rule and rule[0] == direction and (rule[1] is None or frame.kind is rule[1]) \
                         and memory_bytes >= rule[2]:
                     self.cuts += 1
+                    self.reached.set()
+                    if self.hold is not None:
+                        self.hold.wait(60)
                     break
                 body = _read(source, payload_length(frame))
                 if frame.kind is Kind.MEM:

@@ -11,6 +11,7 @@ from ferry.boot.acpi import write_acpi_tables
 from ferry.devices import acpi_pm
 from ferry.errors import FerryError
 from ferry.memory import GuestMemory
+from support.binary import u8, u16, u32, u64  # noqa: F401
 
 SDT_HEADER = 36
 
@@ -20,22 +21,6 @@ def mem():
     memory = GuestMemory(4 * layout.MIB)
     yield memory
     memory.close()
-
-
-def u8(data, offset):
-    return data[offset]
-
-
-def u16(data, offset):
-    return struct.unpack_from("<H", data, offset)[0]
-
-
-def u32(data, offset):
-    return struct.unpack_from("<I", data, offset)[0]
-
-
-def u64(data, offset):
-    return struct.unpack_from("<Q", data, offset)[0]
 
 
 def find_rsdp(mem):

@@ -16,6 +16,7 @@ from ferry.boot.e820 import e820_map
 from ferry.boot.linux import BootParams, LinuxEntry, field_offset, is_linux, load_linux
 from ferry.errors import FerryError
 from ferry.memory import GuestMemory
+from support.binary import u8, u16, u32, u64  # noqa: F401
 
 MIB = layout.MIB
 PAGE = layout.PAGE_SIZE
@@ -106,22 +107,6 @@ def write(tmp_path):
 
 def params_of(mem):
     return mem.read(ZP, PAGE)
-
-
-def u8(data, offset):
-    return data[offset]
-
-
-def u16(data, offset):
-    return struct.unpack_from("<H", data, offset)[0]
-
-
-def u32(data, offset):
-    return struct.unpack_from("<I", data, offset)[0]
-
-
-def u64(data, offset):
-    return struct.unpack_from("<Q", data, offset)[0]
 
 
 def e820_of(params):

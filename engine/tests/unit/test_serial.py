@@ -4,17 +4,10 @@ import pytest
 
 from ferry.devices.base import StateVersionError
 from ferry.devices.bus import PortIoBus
-from ferry.devices.serial import INPUT_LIMIT, Serial, SerialState
+from ferry.devices.serial import (DLL, DLM, FCR, IER, IIR, INPUT_LIMIT, LCR, LSR, MCR, MSR, RBR, SCR, THR,  # noqa: F401
+                                  Serial, SerialState)
 
 COM1 = 0x3F8
-RBR = THR = DLL = 0
-IER = DLM = 1
-IIR = FCR = 2
-LCR = 3
-MCR = 4
-LSR = 5
-MSR = 6
-SCR = 7
 
 OUT2 = 0x08
 LOOP = 0x10

@@ -1,16 +1,17 @@
-"""Chunk digests of guest RAM, kept up to date as memory moves, for the final check.
+"""Chunk digests of guest RAM, kept up to date as memory moves (to a snapshot file or
+across a migration), so the final digests cost only the last delta.
 
 Both ends keep one xxh3 per 2 MiB chunk. A chunk is hashed when it is sent
 (or received) whole, and marked stale when only part of it moves; stale
-chunks are hashed between rounds and once more at the end. So the check
-at the handover costs only what moved in the last, small delta, yet it
-covers every byte of RAM: a page lost or damaged anywhere shows as a
+chunks are hashed between rounds and once more at the end. So the final
+list costs only what moved in the last, small delta, yet it covers every
+byte of RAM: a page lost or damaged anywhere shows as a
 mismatch.
 """
 
 from __future__ import annotations
 
-from ..snapshot import format as fmt
+from . import format as fmt
 
 
 class ChunkDigests:

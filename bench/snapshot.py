@@ -1,0 +1,348 @@
+"""Snapshot benchmark: save, pause, restore (lazy and eager), verify and disk bytes,
+beside this disk's own bandwidth and QEMU saving and restoring the same footprint.
+
+    .venv/bin/python bench/snapshot.py [--quick] [--json]
+
+Ferry's guest is the self-checking guest with ``fill=10 rate=0``: about 10 % of its
+usable RAM holds non-zero patterns, written once and then only read (1 GiB and 4 GiB;
+``--quick``: 1 GiB). QEMU runs a Linux guest under ``-accel tcg`` that first reports what
+its kernel leaves non-zero, then fills tmpfs up to Ferry's footprint (see bench/qemu.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import qemu  # noqa: E402
+from common import (GIB, HEARTBEAT, MIB, BenchError, Ferry, Row, exit_cleanly_on_sigterm,  # noqa: E402
+                    load_average, median, parse_args, progress, report, utc_stamp, wait_for)
+
+GUEST_CMDLINE = "fill=10 rate=0 hb=50"
+UNCAPPED = 1 << 40
+
+
+# --- the disk ---
+
+def disk_bandwidth(directory: Path, mib: int, reads: int = 3) -> dict:
+    """Buffered writes + fdatasync of non-zero data (as a save writes), then reads of it from the page cache."""
+    block = os.urandom(8 * MIB)
+    path = directory / "bench-disk-probe"
+    buffer = bytearray(8 * MIB)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            started = time.perf_counter()
+            for _ in range(mib // 8):
+                os.write(fd, block)
+            os.fdatasync(fd)
+            write = mib * MIB / (time.perf_counter() - started)
+        finally:
+            os.close(fd)
+        read_rates = []
+        for _ in range(reads):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                started = time.perf_counter()
+                while os.readv(fd, [buffer]):
+                    pass
+                read_rates.append(mib * MIB / (time.perf_counter() - started))
+            finally:
+                os.close(fd)
+        return {"write_bytes_per_s": write, "page_cache_read_bytes_per_s": median(read_rates),
+                "probe_mib": mib, "read_samples": read_rates}
+    finally:
+        path.unlink(missing_ok=True)
+
+
+# --- Ferry, through its command line ---
+
+def start_guest(ferry: Ferry, name: str, memory: int) -> int:
+    """Start the guest and wait until every owned page has been written once; returns the owned pages."""
+    ferry.define(name, memory, cmdline=GUEST_CMDLINE)
+    ferry.run("start", name)
+    owned = ferry.owned_pages(name)
+    wait_for(lambda: any(beat[3] >= owned for beat in ferry.heartbeats(name)), 120,
+             f"{name}: first pass over its {owned} pages")
+    return owned
+
+
+def save(ferry: Ferry, name: str, snapshot: str, *flags: str) -> dict:
+    wall, result = ferry.run("snapshot", "create", name, "--snapshot", snapshot, *flags, timeout=600)
+    manifest = json.loads((Path(result["path"]) / "manifest.json").read_text())
+    return {"wall_s": wall, "total_s": result["total_ms"] / 1000, "pause_s": result["pause_ms"] / 1000,
+            "disk_bytes": result["disk_bytes"], "rounds": manifest["save"]["rounds"],
+            "bytes_written": manifest["save"]["bytes_written"], "path": result["path"]}
+
+
+def restore_cli(ferry: Ferry, name: str, snapshot: str, clone: str, eager: bool) -> dict:
+    """``ferry restore`` (returns once the VM runs), then the clone's first heartbeat."""
+    started = time.perf_counter()
+    try:
+        wall, _ = ferry.run("restore", name, snapshot, "--as", clone, *(["--eager"] if eager else []),
+                            timeout=600)
+        ferry.wait_heartbeats(clone, 1, timeout=60)
+        return {"running_s": wall, "first_heartbeat_s": time.perf_counter() - started}
+    finally:
+        ferry.remove(clone)
+
+
+# --- Ferry, in this process ---
+
+class HeartbeatConsole:
+    """A console that notes when the first heartbeat line is complete."""
+
+    def __init__(self):
+        self.data = bytearray()
+        self.first_heartbeat: float | None = None
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+        if self.first_heartbeat is None and data.endswith(b"\n") and HEARTBEAT.search(self.data):
+            self.first_heartbeat = time.perf_counter()
+
+    def flush(self) -> None:
+        pass
+
+
+def stamp_first_run(machine, stamps: list) -> None:
+    """Note the moment any vCPU first calls KVM_RUN, without touching the engine's code."""
+    for vcpu in machine.vcpus:
+        def run(original=vcpu.fd.run):
+            if not stamps:
+                stamps.append(time.perf_counter())
+            return original()
+        vcpu.fd.run = run
+
+
+def restore_in_process(folder: Path, lazy: bool) -> dict:
+    """From the start of ``restore.build`` to the first KVM_RUN (and to the first heartbeat).
+
+    Memory checksums are left out, as the VM process leaves them out once the
+    command has verified the snapshot.
+    """
+    from ferry.snapshot import format as fmt
+    from ferry.snapshot import restore
+    console, stamps = HeartbeatConsole(), []
+    started = time.perf_counter()
+    manifest = fmt.read_manifest(folder)
+    machine, _ = restore.build(folder, console, restore.spec_from_manifest(manifest, "bench-in-process"),
+                               lazy=lazy, verify_memory=False)
+    built = time.perf_counter()
+    running = False
+    try:
+        stamp_first_run(machine, stamps)
+        machine.start()
+        running = True
+        wait_for(lambda: stamps, 30, "in-process restore: first KVM_RUN", interval=0.001)
+        wait_for(lambda: console.first_heartbeat, 30, "in-process restore: first heartbeat", interval=0.002)
+    finally:
+        if running:
+            machine.stop()
+        machine.close()
+    if b"CORRUPT" in console.data:
+        raise BenchError(f"in-process restore of {folder.name}: the guest reported CORRUPT")
+    return {"build_s": built - started, "first_run_s": stamps[0] - started,
+            "first_heartbeat_s": console.first_heartbeat - started}
+
+
+def verify_in_process(folder: Path) -> float:
+    from ferry.snapshot import format as fmt
+    started = time.perf_counter()
+    fmt.verify(folder)
+    return time.perf_counter() - started
+
+
+def measure_ferry(ferry: Ferry, memory: int, repeats: int) -> dict:
+    name = f"snap-{memory}"
+    progress(f"Ferry {memory} MiB: start, fill ({GUEST_CMDLINE})")
+    owned = start_guest(ferry, name, memory)
+    try:
+        progress(f"Ferry {memory} MiB: {repeats} live saves, {repeats} stop-the-world saves, verifies")
+        live = [save(ferry, name, f"live-{i}") for i in range(repeats)]
+        stw = [save(ferry, name, f"stw-{i}", "--stop-the-world") for i in range(repeats)]
+        verify = [ferry.run("snapshot", "verify", name, f"live-{i}", timeout=600)[0] for i in range(repeats)]
+        progress(f"Ferry {memory} MiB: restores (command, lazy and eager)")
+        lazy = [restore_cli(ferry, name, f"live-{i}", f"lazy-{memory}-{i}", eager=False) for i in range(repeats)]
+        eager = [restore_cli(ferry, name, f"live-{i}", f"eager-{memory}-{i}", eager=True) for i in range(repeats)]
+        progress(f"Ferry {memory} MiB: restores in this process (lazy and eager)")
+        folder = Path(live[0]["path"])
+        in_lazy = [restore_in_process(folder, lazy=True) for _ in range(repeats)]
+        in_eager = [restore_in_process(folder, lazy=False) for _ in range(repeats)]
+        in_verify = [verify_in_process(Path(s["path"])) for s in live]
+    finally:
+        ferry.remove(name)
+    return {"owned_pages": owned, "live": live, "stw": stw, "verify_s": verify, "restore_lazy": lazy,
+            "restore_eager": eager, "in_process_lazy": in_lazy, "in_process_eager": in_eager,
+            "in_process_verify_s": in_verify}
+
+
+# --- QEMU ---
+
+def measure_qemu(workdir: Path, memory: int, target_nonzero: int, repeats: int) -> dict:
+    initramfs = qemu.build_initramfs(workdir)
+    image = workdir / f"qemu-{memory}.migration"
+    progress(f"QEMU {memory} MiB: boot under TCG")
+    vm = qemu.QemuVm(workdir, f"qemu-src-{memory}", memory, initramfs)
+    try:
+        serial = vm.attach_serial()
+        serial.wait(b"BENCH-READY", 180)
+        baseline = vm.save(image, UNCAPPED)["normal_bytes"]
+        vm.cont()
+        fill_mib = max(0, round((target_nonzero - baseline) / MIB))
+        progress(f"QEMU {memory} MiB: kernel leaves {baseline / MIB:.0f} MiB non-zero; filling {fill_mib} MiB")
+        serial.type(str(fill_mib))
+        serial.wait(b"BENCH-FILLED", 300)
+        progress(f"QEMU {memory} MiB: saves (default cap once, uncapped x{repeats})")
+        capped = vm.save(image, qemu.DEFAULT_MAX_BANDWIDTH)
+        vm.cont()
+        uncapped = []
+        for _ in range(repeats):
+            result = vm.save(image, UNCAPPED)
+            result["fsync_s"] = qemu.fsync_seconds(image)
+            vm.cont()
+            uncapped.append(result)
+    finally:
+        vm.close()
+    progress(f"QEMU {memory} MiB: restores x{repeats}")
+    restores = []
+    try:
+        for i in range(repeats):
+            target = qemu.QemuVm(workdir, f"qemu-dst-{memory}-{i}", memory, initramfs, incoming=image)
+            try:
+                restores.append(target.wait_incoming_then_run())
+            finally:
+                target.close()
+    finally:
+        image.unlink(missing_ok=True)
+    return {"kernel_nonzero_bytes": baseline, "fill_mib": fill_mib, "capped": capped, "uncapped": uncapped,
+            "restore_s": restores}
+
+
+# --- the table ---
+
+def size_label(memory: int) -> str:
+    return f"{memory // 1024} GiB" if memory >= 1024 else f"{memory} MiB"
+
+
+def rows_for(memory: int, f: dict, q: dict | None, why_no_qemu: str, disk: dict) -> list[Row]:
+    size = size_label(memory)
+    live_total = median(s["total_s"] for s in f["live"])
+    stw_total = median(s["total_s"] for s in f["stw"])
+    nonzero = median(s["disk_bytes"] for s in f["live"])
+    cache_read = nonzero / disk["page_cache_read_bytes_per_s"]
+    rows = []
+
+    def versus_qemu(metric, ferry_value, pick, anchor_name, samples, unit="s", better="lower"):
+        if q is None:
+            rows.append(Row(metric, ferry_value, unit, None, anchor_name, better, note=why_no_qemu,
+                            samples=samples))
+            return
+        anchor_samples = pick(q)
+        rows.append(Row(metric, ferry_value, unit, median(anchor_samples), anchor_name, better,
+                        samples={**samples, "anchor": anchor_samples}))
+
+    live_samples = {"ferry": [s["total_s"] for s in f["live"]], "cli_wall_s": [s["wall_s"] for s in f["live"]],
+                    "rounds": [s["rounds"] for s in f["live"]]}
+    versus_qemu(f"save, live (total_ms) [{size}]", live_total, lambda q: [s["seconds"] for s in q["uncapped"]],
+                "QEMU stop + migrate to file, uncapped", live_samples)
+    versus_qemu(f"save, live (total_ms) [{size}]", live_total, lambda q: [q["capped"]["seconds"]],
+                "QEMU stop + migrate to file, default 128 MiB/s cap", live_samples)
+    versus_qemu(f"save, live (total_ms) [{size}]", live_total,
+                lambda q: [s["seconds"] + s["fsync_s"] for s in q["uncapped"]],
+                "QEMU uncapped + fsync of its file", live_samples)
+    versus_qemu(f"save, stop-the-world (total_ms) [{size}]", stw_total,
+                lambda q: [s["seconds"] + s["fsync_s"] for s in q["uncapped"]],
+                "QEMU uncapped + fsync of its file", {"ferry": [s["total_s"] for s in f["stw"]]})
+    versus_qemu(f"guest paused during a live save (pause_ms) [{size}]", median(s["pause_s"] for s in f["live"]),
+                lambda q: [s["seconds"] for s in q["uncapped"]], "QEMU uncapped (stopped for the whole save)",
+                {"ferry": [s["pause_s"] for s in f["live"]]})
+    rows.append(Row(f"save bandwidth, live (non-zero bytes / total) [{size}]", nonzero / live_total, "B/s",
+                    disk["write_bytes_per_s"], "this disk: buffered write + fdatasync", "higher"))
+    versus_qemu(f"snapshot on disk [{size}]", nonzero, lambda q: [s["file_bytes"] for s in q["uncapped"]],
+                "QEMU migration file (same non-zero footprint)", {"ferry": [s["disk_bytes"] for s in f["live"]]},
+                unit="B")
+    for mode in ("lazy", "eager"):
+        runs = f[f"restore_{mode}"]
+        versus_qemu(f"restore to running, {mode} (`ferry restore`) [{size}]", median(r["running_s"] for r in runs),
+                    lambda q: q["restore_s"], "QEMU launch with -incoming exec:cat + cont, to running",
+                    {"ferry": [r["running_s"] for r in runs],
+                     "to_first_heartbeat_s": [r["first_heartbeat_s"] for r in runs]})
+    for mode in ("lazy", "eager"):
+        runs = f[f"in_process_{mode}"]
+        rows.append(Row(f"restore in-process, {mode}: build -> first KVM_RUN [{size}]",
+                        median(r["first_run_s"] for r in runs), "s", cache_read,
+                        "reading the snapshot's non-zero bytes from the page cache", "lower",
+                        samples={"ferry": [r["first_run_s"] for r in runs], "build_s": [r["build_s"] for r in runs],
+                                 "to_first_heartbeat_s": [r["first_heartbeat_s"] for r in runs]}))
+    rows.append(Row(f"verify (`ferry snapshot verify`) [{size}]", median(f["verify_s"]), "s", cache_read,
+                    "reading the snapshot's non-zero bytes from the page cache", "lower",
+                    samples={"ferry": f["verify_s"]}))
+    rows.append(Row(f"verify in-process (snapshot.format.verify) [{size}]", median(f["in_process_verify_s"]), "s",
+                    cache_read, "reading the snapshot's non-zero bytes from the page cache", "lower",
+                    samples={"ferry": f["in_process_verify_s"]}))
+    return rows
+
+
+def footprint_note(memory: int, f: dict, q: dict | None) -> str:
+    nonzero = median(s["disk_bytes"] for s in f["live"])
+    text = (f"{size_label(memory)}: Ferry guest {f['owned_pages'] * 4096 / MIB:.0f} MiB owned, "
+            f"snapshot {nonzero / MIB:.0f} MiB non-zero")
+    if q is not None:
+        moved = median(s["normal_bytes"] for s in q["uncapped"])
+        text += (f"; QEMU guest: kernel {q['kernel_nonzero_bytes'] / MIB:.0f} MiB + fill {q['fill_mib']} MiB, "
+                 f"{moved / MIB:.0f} MiB non-zero pages migrated")
+    return text
+
+
+def disk_note(memory: int, disk: dict) -> str:
+    return (f"{size_label(memory)} round: disk write + fdatasync {disk['write_bytes_per_s'] / MIB:.0f} MiB/s, "
+            f"page-cache read {disk['page_cache_read_bytes_per_s'] / GIB:.2f} GiB/s ({disk['probe_mib']} MiB probe)")
+
+
+def main() -> int:
+    args = parse_args(__doc__.strip().splitlines()[0])
+    exit_cleanly_on_sigterm()
+    started = utc_stamp()
+    sizes = [1024] if args.quick else [1024, 4096]
+    repeats = 2 if args.quick else 3
+    load_before = load_average()
+    why_no_qemu = qemu.unavailable()
+    from ferry.machine.vcpu import install_kick_handler
+    install_kick_handler()
+    rows: list[Row] = []
+    notes: list[str] = []
+    raw: dict = {}
+    with Ferry() as ferry, tempfile.TemporaryDirectory(prefix="ferry-bench-qemu-") as scratch:
+        for memory in sizes:
+            # Probed right before Ferry's saves: this disk's speed drifts with what else runs on the machine.
+            progress(f"disk: write + fdatasync, page-cache read ({size_label(memory)} round)")
+            disk = disk_bandwidth(ferry.state_dir, 256 if memory <= 1024 else 512)
+            f = measure_ferry(ferry, memory, repeats)
+            q = None
+            if why_no_qemu is None:
+                nonzero = median(s["disk_bytes"] for s in f["live"])
+                try:
+                    q = measure_qemu(Path(scratch), memory, nonzero, repeats)
+                except BenchError as err:
+                    why_no_qemu = f"QEMU failed: {err}"
+                    progress(why_no_qemu)
+            rows += rows_for(memory, f, q, why_no_qemu or "", disk)
+            notes += [footprint_note(memory, f, q), disk_note(memory, disk)]
+            raw[size_label(memory)] = {"ferry": f, "qemu": q, "disk": disk}
+    notes += [f"QEMU: {qemu.version() if why_no_qemu is None else why_no_qemu}; guest under -accel tcg, 1 vCPU",
+              "`ferry restore` checks every checksum before it starts the VM, so its time includes a verify",
+              f"load average before/after: {load_before} / {load_average()}"]
+    report("snapshot", "Ferry snapshot benchmark (MiB = 2^20 B)", rows, args, started,
+           {"notes": notes, "raw": raw})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
