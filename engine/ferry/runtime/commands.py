@@ -55,10 +55,7 @@ def cmd_resume(args):
 
 def cmd_status(args):
     host = _host(args)
-    vm = host.get(args.name)
-    if vm is None:
-        host._existing(args.name)
-    return vm
+    return host.describe(host.existing(args.name))
 
 
 def cmd_list(args):
@@ -82,7 +79,7 @@ def _render_host_info(info: dict) -> None:
 
 def cmd_console(args):
     host = _host(args)
-    vmdir = host._existing(args.name)
+    vmdir = host.existing(args.name)
     interactive = sys.stdin.isatty() and not args.no_input
     with open(vmdir.console_log, "rb") as log:
         if not interactive:

@@ -37,7 +37,7 @@ class Host:
     def vmdir(self, name: str) -> statedir.VmDir:
         return statedir.VmDir(self.root, name)
 
-    def _existing(self, name: str) -> statedir.VmDir:
+    def existing(self, name: str) -> statedir.VmDir:
         vmdir = self.vmdir(name)
         if not vmdir.exists():
             raise NotFound(f"no VM named {name!r} in {self.root}")
@@ -114,7 +114,7 @@ class Host:
         return self.describe(vmdir)
 
     def undefine(self, name: str) -> dict:
-        vmdir = self._existing(name)
+        vmdir = self.existing(name)
         if vmdir.process_alive():
             raise Conflict(f"{name}: the VM is running; stop it before undefining it")
         shutil.rmtree(vmdir.path)
@@ -123,7 +123,7 @@ class Host:
     # --- state changes ---
 
     def start(self, name: str, timeout: float = START_TIMEOUT) -> dict:
-        vmdir = self._existing(name)
+        vmdir = self.existing(name)
         lock = vmdir.start_lock()
         try:
             if not vmdir.process_alive():
@@ -151,7 +151,7 @@ class Host:
             raise FerryError(f"{vmdir.name}: {why}: {last_line(vmdir.engine_log)} (see {vmdir.engine_log})")
 
     def _control(self, name: str, op: str, **args) -> dict:
-        vmdir = self._existing(name)
+        vmdir = self.existing(name)
         if not vmdir.process_alive():
             raise Conflict(f"{name}: the VM is not running")
         control.request(vmdir.socket, op, **args)
@@ -167,7 +167,7 @@ class Host:
         self._control(name, "console-input", data=data.decode("latin-1"))
 
     def poweroff(self, name: str, timeout: float = STOP_TIMEOUT) -> dict:
-        vmdir = self._existing(name)
+        vmdir = self.existing(name)
         if vmdir.process_alive():
             control.request(vmdir.socket, "poweroff")
             self._wait_exit(vmdir, timeout)
@@ -175,7 +175,7 @@ class Host:
 
     def stop(self, name: str, timeout: float = STOP_TIMEOUT) -> dict:
         """Press the ACPI power button; power off if the guest is still up after ``timeout``."""
-        vmdir = self._existing(name)
+        vmdir = self.existing(name)
         if vmdir.process_alive():
             control.request(vmdir.socket, "shutdown")
             if not self._wait_exit(vmdir, timeout, fail=False):

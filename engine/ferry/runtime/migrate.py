@@ -87,7 +87,7 @@ def migrate(host: Host, name: str, to: str, token_file: Path, mode: str = "live"
             link_timeout: float = transport.LINK_TIMEOUT, resolve: bool = False) -> dict:
     if mode not in ("live", "warm", "cold"):
         raise FerryError(f"mode: {mode!r} is not one of live, warm, cold")
-    vmdir = host._existing(name)
+    vmdir = host.existing(name)
     options = sender.Options(mode, max_downtime_ms, timeout_s, parse_rate(bandwidth), read_token(token_file))
     connect = lambda: transport.connect(to, transport_name, tls, ssh, link_timeout=link_timeout)  # noqa: E731
     if mode == "cold":

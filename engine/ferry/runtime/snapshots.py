@@ -36,7 +36,7 @@ def _new_id(vmdir) -> str:
 
 
 def _folder(host: Host, name: str, snapshot_id: str):
-    vmdir = host._existing(name)
+    vmdir = host.existing(name)
     folder = vmdir.snapshot_dir(_check_id(snapshot_id))
     if not folder.is_dir():
         raise NotFound(f"{name}: no snapshot {snapshot_id!r}")
@@ -45,7 +45,7 @@ def _folder(host: Host, name: str, snapshot_id: str):
 
 def create(host: Host, name: str, snapshot_id: str | None = None, tags=(), exit: bool = False,
            live: bool = True, origin: dict | None = None, compress: bool = False) -> dict:
-    vmdir = host._existing(name)
+    vmdir = host.existing(name)
     if not vmdir.process_alive():
         raise Conflict(f"{name}: the VM is not running; a snapshot saves a running VM")
     snapshot_id = _check_id(snapshot_id) if snapshot_id else _new_id(vmdir)
@@ -58,7 +58,7 @@ def create(host: Host, name: str, snapshot_id: str | None = None, tags=(), exit:
 
 
 def list_snapshots(host: Host, name: str) -> list[dict]:
-    vmdir = host._existing(name)
+    vmdir = host.existing(name)
     found = []
     for snapshot_id in vmdir.snapshot_ids():
         folder = vmdir.snapshot_dir(snapshot_id)

@@ -141,3 +141,17 @@ def test_stop_presses_the_power_button_and_the_guest_shuts_down(ferry, tmp_path)
     vm = ferry.ok("stop", "vm1", "--timeout", "20")
     assert vm["state"] == "stopped" and time.monotonic() - started < 10
     assert b"power button: powering off" in ferry.console("vm1")
+
+
+def test_a_4_gib_guest_runs_with_ram_on_both_sides_of_the_pci_hole(ferry, tmp_path):
+    vm = boot(ferry, tmp_path, memory=4096, cmdline="fill=2 rate=2000 hb=200")
+    assert vm["memory"] == 4096
+    assert_sequence_continues(ferry.wait_heartbeats("vm1", 3))
+    assert b"ram_mib=4096" in ferry.console("vm1")
+
+
+def test_console_shows_what_the_guest_printed(ferry, tmp_path):
+    boot(ferry, tmp_path)
+    ferry.wait_heartbeats("vm1", 2)
+    shown = ferry.run("console", "vm1", "--no-input")
+    assert shown.code == 0 and "FERRY-SELFCHECK" in shown.out and "HB cpu=0 seq=1 " in shown.out
