@@ -103,11 +103,12 @@ class Ansible:
         return self.lab.exec(host, [FERRY, *args], capture_output=True, text=True, timeout=60)
 
     def status(self, host: str, name: str) -> dict | None:
+        """The VM's definition and state, without counters that move while it runs."""
         proc = self.ferry(host, "status", name, "--json")
         if proc.returncode != 0:
             assert "no VM named" in proc.stderr, proc.stderr
             return None
-        return json.loads(proc.stdout)
+        return {key: value for key, value in json.loads(proc.stdout).items() if key != "exits"}
 
     def exists(self, host: str, path: str) -> bool:
         return self.lab.exec(host, ["test", "-e", path], timeout=30).returncode == 0
