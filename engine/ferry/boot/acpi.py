@@ -2,7 +2,7 @@
 
 They describe a legacy PC without PCI: PIC, PIT, RTC and i8042 on the
 ISA ports, an I/O APIC and local APICs, and the fixed-feature PM1a blocks
-of ``ferry.devices.acpi_pm`` (power button, S5 power-off). All of it goes
+of the ACPI PM device (``ferry.layout``: power button, S5 power-off). All of it goes
 to ``layout.ACPI_TABLES`` (0xE0000), inside the BIOS area Linux scans for
 the RSDP and that the e820 map marks reserved.
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ctypes
 
-from ..devices.acpi_pm import (
+from ..layout import (
     PM1_CNT_LEN,
     PM1_EVT_LEN,
     PM1A_CNT_BLK,
@@ -25,7 +25,7 @@ from ..devices.acpi_pm import (
 )
 from ..errors import FerryError
 from ..memory import GuestMemory
-from . import layout
+from .. import layout
 
 OEM_ID = b"FERRY "
 OEM_TABLE_ID = b"FERRYVM "

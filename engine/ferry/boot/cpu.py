@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 
 from ..kvm import abi
-from . import layout
+from .. import layout
 
 # GDT entries: flat 64-bit code, flat data, and a TSS descriptor, because
 # VMX refuses to enter a guest whose TR is unusable.

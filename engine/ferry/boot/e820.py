@@ -11,7 +11,7 @@ there and such a guest has no reason to reuse that memory.
 from __future__ import annotations
 
 from ..memory import GuestMemory
-from .layout import E820_RAM, E820_RESERVED, EBDA_START, HIGH_MEMORY
+from ..layout import E820_RAM, E820_RESERVED, EBDA_START, HIGH_MEMORY
 
 Entry = tuple[int, int, int]   # (addr, size, type)
 

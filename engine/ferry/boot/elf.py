@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import FerryError
-from . import layout
+from .. import layout
 from .e820 import elf_e820_map
 
 ELF_MAGIC = b"\x7fELF"

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from ..errors import FerryError
 from ..memory import GuestMemory
-from . import layout
+from .. import layout
 
 SETUP_HEADER_OFFSET = 0x1F1
 STARTUP_64_OFFSET = 0x200          # startup_64 in a bzImage's protected-mode part

@@ -35,17 +35,9 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
+from ..layout import PM1A_CNT_BLK, PM1A_EVT_BLK, RESET_REG, RESET_VALUE, S5_SLP_TYP
 from .base import Device, DeviceState, IrqSetter
 
-# Port layout, for the FADT builder.
-PM1A_EVT_BLK = 0x600
-PM1A_CNT_BLK = 0x604
-PM1_EVT_LEN = 4
-PM1_CNT_LEN = 2
-SCI_IRQ = 9
-S5_SLP_TYP = 5
-RESET_REG = 0x606
-RESET_VALUE = 0x06
 BLOCK_LENGTH = 8
 
 STS_OFFSET = 0

@@ -7,7 +7,7 @@ the kernel header and checks every number and size here against it.
 from __future__ import annotations
 
 import ctypes
-from ctypes import c_int32, c_uint8, c_uint16, c_uint32, c_uint64, c_int64, c_char
+from ctypes import c_uint8, c_uint16, c_uint32, c_uint64, c_int64, c_char
 
 KVMIO = 0xAE
 API_VERSION = 12

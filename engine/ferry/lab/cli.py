@@ -99,23 +99,3 @@ def table(header: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
     for row in [header] + rows:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m ferry.lab``: the lab commands alone, as ``ferry lab`` runs them."""
-    from .. import cli
-
-    parser = argparse.ArgumentParser(prog="ferry")
-    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] != "lab":
-        argv = ["lab", *argv]
-    want_json = "--json" in argv
-    args = parser.parse_args([a for a in argv if a != "--json"])
-    args.json = want_json
-    try:
-        cli.emit(args, args.func(args))
-    except cli.FerryError as err:
-        print(f"ferry: {err}", file=sys.stderr)
-        return 1
-    return 0

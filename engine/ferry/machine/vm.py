@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..boot import cpu, elf, layout
+from .. import layout
+from ..boot import cpu, elf
 from ..devices.acpi_pm import AcpiPm, AcpiPmState
 from ..devices.bus import MmioBus, PortIoBus
 from ..devices.i8042 import I8042, I8042State

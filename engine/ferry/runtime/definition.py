@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from ..boot.layout import MAX_VCPUS
+from ..layout import MAX_VCPUS
 from ..errors import DefinitionError
 
 FORMAT = 1

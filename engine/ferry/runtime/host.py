@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from ..errors import Conflict, FerryError, NotFound
 from . import control, definition as defn, statedir

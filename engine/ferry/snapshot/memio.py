@@ -12,7 +12,7 @@ import ctypes
 import os
 import re
 
-from ..boot.layout import PAGE_SIZE
+from ..layout import PAGE_SIZE
 from ..kvm import abi
 from .format import CHUNK_SIZE, ZERO_CHUNK_DIGEST, data_ranges, digest
 

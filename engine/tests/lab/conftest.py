@@ -4,7 +4,7 @@ missing; FERRY_ALLOW_NO_LAB=1 turns that into a skip."""
 
 import pytest
 
-from support.requirements import check_lab, lab_problem  # noqa: F401
+from support.requirements import check_lab
 
 
 def pytest_configure(config):

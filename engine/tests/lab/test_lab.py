@@ -3,7 +3,6 @@ directories, processes that outlive SSH, link control, clean teardown."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -24,7 +23,7 @@ SSH_TIMEOUT = 20
 
 def ferry(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     # The full ``ferry`` command when every feature module imports, else the lab commands alone.
-    module = "ferry.cli" if importlib.util.find_spec("ferry.runtime.commands") else "ferry.lab"
+    module = "ferry.cli"
     proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=60)
     if check and proc.returncode != 0:
         raise AssertionError(f"ferry {' '.join(args)} failed: {proc.stderr}")

@@ -2,8 +2,7 @@
 
 import pytest
 
-from support.labhost import PORT, beats, exactly_one_copy, migrate, receive, start_vm, wait_beats
-from support.cli import assert_sequence_continues
+from support.labhost import PORT, exactly_one_copy, migrate, receive, start_vm, wait_beats
 
 pytestmark = [pytest.mark.kvm, pytest.mark.lab]
 

@@ -6,9 +6,8 @@ import subprocess
 
 import pytest
 
-from ferry.boot import layout
+from ferry import layout
 from ferry.boot.acpi import write_acpi_tables
-from ferry.devices import acpi_pm
 from ferry.errors import FerryError
 from ferry.memory import GuestMemory
 from support.binary import u8, u16, u32, u64  # noqa: F401
@@ -106,15 +105,15 @@ def test_fadt_points_at_dsdt_facs_and_pm_blocks(mem):
     assert u64(fadt, 132) == found[b"FACS"][0]
     assert u32(fadt, 36) == 0           # FIRMWARE_CTRL: only the 64-bit field names the FACS
     assert found[b"FACS"][0] % 64 == 0
-    assert u16(fadt, 46) == acpi_pm.SCI_IRQ
+    assert u16(fadt, 46) == layout.SCI_IRQ
     assert u32(fadt, 48) == 0           # no SMI_CMD: always in ACPI mode
-    assert u32(fadt, 56) == acpi_pm.PM1A_EVT_BLK
-    assert u32(fadt, 64) == acpi_pm.PM1A_CNT_BLK
-    assert u8(fadt, 88) == acpi_pm.PM1_EVT_LEN
-    assert u8(fadt, 89) == acpi_pm.PM1_CNT_LEN
+    assert u32(fadt, 56) == layout.PM1A_EVT_BLK
+    assert u32(fadt, 64) == layout.PM1A_CNT_BLK
+    assert u8(fadt, 88) == layout.PM1_EVT_LEN
+    assert u8(fadt, 89) == layout.PM1_CNT_LEN
     # X_PM1a_EVT_BLK, X_PM1a_CNT_BLK: SystemIO, width matching the legacy length.
-    assert struct.unpack_from("<BBBBQ", fadt, 148) == (1, 8 * acpi_pm.PM1_EVT_LEN, 0, 2, acpi_pm.PM1A_EVT_BLK)
-    assert struct.unpack_from("<BBBBQ", fadt, 172) == (1, 8 * acpi_pm.PM1_CNT_LEN, 0, 2, acpi_pm.PM1A_CNT_BLK)
+    assert struct.unpack_from("<BBBBQ", fadt, 148) == (1, 8 * layout.PM1_EVT_LEN, 0, 2, layout.PM1A_EVT_BLK)
+    assert struct.unpack_from("<BBBBQ", fadt, 172) == (1, 8 * layout.PM1_CNT_LEN, 0, 2, layout.PM1A_CNT_BLK)
 
 
 def test_fadt_describes_a_legacy_pc_with_fixed_power_button(mem):
@@ -133,8 +132,8 @@ def test_reset_register_is_offered_on_request(mem):
     write_acpi_tables(mem, 1, reset_register=True)
     fadt = tables(mem)[b"FACP"][1]
     assert u32(fadt, 112) & (1 << 10)
-    assert struct.unpack_from("<BBBBQ", fadt, 116) == (1, 8, 0, 1, acpi_pm.RESET_REG)
-    assert fadt[128] == acpi_pm.RESET_VALUE
+    assert struct.unpack_from("<BBBBQ", fadt, 116) == (1, 8, 0, 1, layout.RESET_REG)
+    assert fadt[128] == layout.RESET_VALUE
 
 
 @pytest.mark.parametrize("cpu_count", [1, 2, 7, 32])
@@ -160,7 +159,7 @@ def test_madt_io_apic_and_overrides(mem):
     assert u32(io_apic, 8) == 0
     overrides = {entry[3]: (entry[2], u32(entry, 4), u16(entry, 8)) for kind, entry in entries if kind == 2}
     assert overrides[0] == (0, 2, 0)    # PIT: IRQ0 -> GSI2, ISA defaults
-    assert overrides[acpi_pm.SCI_IRQ] == (0, acpi_pm.SCI_IRQ, 0b1101)   # level, active high
+    assert overrides[layout.SCI_IRQ] == (0, layout.SCI_IRQ, 0b1101)   # level, active high
 
 
 def test_dsdt_has_s5_package(mem):
@@ -173,7 +172,7 @@ def test_dsdt_has_s5_package(mem):
     assert package[0] == 0x12                                  # PackageOp
     assert package[1] == len(package) - 1                      # PkgLength covers the rest
     assert package[2] == 4                                     # elements
-    assert package[3:5] == bytes([0x0A, acpi_pm.S5_SLP_TYP])   # SLP_TYPa
+    assert package[3:5] == bytes([0x0A, layout.S5_SLP_TYP])   # SLP_TYPa
 
 
 def test_refuses_impossible_cpu_counts(mem):
@@ -213,7 +212,7 @@ def test_iasl_disassembles_and_recompiles_the_tables(mem, tmp_path):
             assert mask_compiler(rebuilt, signature) == mask_compiler(table, signature)
     dsl = (tmp_path / "dsdt.dsl").read_text()
     assert "Name (\\_S5, Package (0x04)" in dsl
-    assert dsl.count(f"0x{acpi_pm.S5_SLP_TYP:02X},") == 2
+    assert dsl.count(f"0x{layout.S5_SLP_TYP:02X},") == 2
 
 
 def mask_compiler(table, signature):

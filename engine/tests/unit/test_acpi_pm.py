@@ -46,15 +46,6 @@ def pm():
     return Pm()
 
 
-def test_port_constants_for_the_fadt():
-    assert acpi_pm.PM1A_EVT_BLK == 0x600
-    assert acpi_pm.PM1A_CNT_BLK == 0x604
-    assert acpi_pm.PM1_EVT_LEN == 4
-    assert acpi_pm.PM1_CNT_LEN == 2
-    assert acpi_pm.SCI_IRQ == 9
-    assert acpi_pm.S5_SLP_TYP == 5
-
-
 def test_always_in_acpi_mode(pm):
     assert pm.inw(PM1_CNT) & SCI_EN
     pm.outw(PM1_CNT, 0)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ferry.boot import layout
+from ferry import layout
 from ferry.boot.e820 import e820_map, elf_e820_map, restrict_low_memory
 from ferry.memory import GuestMemory
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from ferry.boot import layout
+from ferry import layout
 from ferry.boot.e820 import e820_map
 from ferry.boot.linux import BootParams, LinuxEntry, field_offset, is_linux, load_linux
 from ferry.errors import FerryError
 from ferry.memory import GuestMemory
-from support.binary import u8, u16, u32, u64  # noqa: F401
+from support.binary import u16, u32, u64
 
 MIB = layout.MIB
 PAGE = layout.PAGE_SIZE

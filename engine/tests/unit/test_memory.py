@@ -2,7 +2,7 @@
 
 import pytest
 
-from ferry.boot.layout import GIB, MIB, PCI_HOLE_END, PCI_HOLE_START
+from ferry.layout import GIB, MIB, PCI_HOLE_END, PCI_HOLE_START
 from ferry.memory import GuestMemory, GuestMemoryError, plan_regions
 
 

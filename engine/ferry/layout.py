@@ -1,4 +1,6 @@
-"""Guest-physical memory layout shared by the boot paths and the devices.
+"""The machine's fixed layout: guest-physical addresses and the ports of the
+platform devices, shared by guest memory, the boot paths and the devices
+(all of which sit above this module and read it; it reads nothing).
 
 Everything the VMM places in guest memory before the first instruction
 lives below 1 MiB, which every e820 map we hand out marks as reserved
@@ -36,3 +38,13 @@ LAPIC_BASE = 0xFEE00000
 E820_RAM = 1
 E820_RESERVED = 2
 E820_ACPI = 3
+
+# ACPI power management block (the FADT points the guest here).
+PM1A_EVT_BLK = 0x600
+PM1A_CNT_BLK = 0x604
+PM1_EVT_LEN = 4
+PM1_CNT_LEN = 2
+SCI_IRQ = 9
+S5_SLP_TYP = 5
+RESET_REG = 0x606
+RESET_VALUE = 0x06
