@@ -19,7 +19,7 @@ from ..snapshot import format as fmt
 from . import protocol
 from ..snapshot.digests import ChunkDigests
 from .protocol import Kind, ProtocolError
-from .transport import Channel, LinkError, Listener
+from .transport import Channel, HandshakeFailed, LinkError, Listener
 
 RESOLVE_TIMEOUT = 60.0
 ANSWER_GRACE = 60.0
@@ -75,7 +75,11 @@ class Receiver:
 
     def _authenticated(self, deadline: float) -> Channel:
         while True:
-            channel, peer = self.listener.accept(max(deadline - time.monotonic(), 0.01))
+            try:
+                channel, peer = self.listener.accept(max(deadline - time.monotonic(), 0.01))
+            except HandshakeFailed as err:
+                self.target.log(f"refused a connection: {err}")
+                continue
             try:
                 answer_handshake(channel, self.token)
                 return channel

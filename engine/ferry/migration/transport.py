@@ -23,6 +23,10 @@ class LinkError(ProtocolError):
     pass
 
 
+class HandshakeFailed(LinkError):
+    """One peer failed to set up its connection (TLS); the listener keeps waiting."""
+
+
 def parse_address(text: str, default_host: str = "") -> tuple[str, int]:
     """``HOST:PORT``, ``[IPV6]:PORT`` or ``:PORT``."""
     host, sep, port = text.rpartition(":")
@@ -237,7 +241,7 @@ class Listener:
                 conn = self.context.wrap_socket(conn, server_side=True)
             except (ssl.SSLError, OSError) as err:
                 conn.close()
-                raise LinkError(f"TLS from {peer[0]}: {err}") from None
+                raise HandshakeFailed(f"TLS from {peer[0]}: {err}") from None
             return Channel(conn, plain_socket=False, link_timeout=self.link_timeout), peer[0]
         return Channel(conn, plain_socket=True, link_timeout=self.link_timeout), peer[0]
 

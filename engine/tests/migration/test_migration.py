@@ -106,3 +106,18 @@ def test_progress_on_the_source_and_a_plot_of_the_rounds(hosts, tmp_path, token,
     assert {"round", "throttle", "dirty_rate", "bytes_total"} <= set(seen)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     exactly_one_copy(h2, h1)
+
+
+def test_tls_transport_with_certificates(hosts, tmp_path, token):
+    import subprocess
+    h1, h2 = hosts
+    key, cert = tmp_path / "dest.key", tmp_path / "dest.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", f"/CN={h2.ipv4}", "-addext", f"subjectAltName=IP:{h2.ipv4}",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    start_vm(h1, tmp_path)
+    receive(h2, token, extra=("--tls-cert", str(cert), "--tls-key", str(key)))
+    untrusted = migrate(h1, f"{h2.ipv4}:{PORT}", token, "m1", "--transport", "tls", expect_ok=False)
+    assert untrusted.returncode != 0 and "certificate" in untrusted.stderr
+    migrate(h1, f"{h2.ipv4}:{PORT}", token, "m1", "--transport", "tls", "--tls-ca", str(cert))
+    exactly_one_copy(h2, h1)
