@@ -15,5 +15,14 @@ if [ ! -f "$lab/lab.json" ]; then
 fi
 ansible-playbook -i "$lab/inventory.yml" playbooks/site.yml
 echo
-ansible -i "$lab/inventory.yml" hypervisors -o -m ansible.builtin.command \
-    -a "/opt/ferry/venv/bin/ferry list" | sed 's/ | CHANGED | rc=0 | (stdout)/:/; s/\\n/\n    /g'
+# What each host runs, asked of each host's engine over the lab's SSH.
+printf '%-6s %-16s %-8s %5s %8s  %s\n' HOST VM STATE VCPUS MEMORY KVM
+for host in $(ferry lab status --dir "$lab" --json | python3 -c 'import json, sys; print(*(h["name"] for h in json.load(sys.stdin)["hosts"]))'); do
+    ssh -F "$lab/ssh_config" "$host" /opt/ferry/venv/bin/ferry host-info --json | python3 -c '
+import json, sys
+info = json.load(sys.stdin)
+kvm = info["kvm"].get("flavour", "none")
+for vm in info["vms"] or [{"name": "-", "state": "-", "vcpus": "-", "memory": "-"}]:
+    memory = "%s MiB" % vm["memory"] if vm["memory"] != "-" else "-"
+    print("%-6s %-16s %-8s %5s %8s  %s" % (sys.argv[1], vm["name"], vm["state"], vm["vcpus"], memory, kvm))' "$host"
+done
