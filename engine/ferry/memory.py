@@ -82,6 +82,14 @@ class GuestMemory:
         start = self.offset_of(gpa, len(data))
         self.view[start:start + len(data)] = data
 
+    def read_backing(self, offset: int, length: int):
+        """Bytes at ``offset`` of the backing store. A memfd is read with pread: pages the
+        guest wrote through KVM are not mapped in this process yet, and touching them
+        through the mapping would fault them in one by one."""
+        if self.private:
+            return self.view[offset:offset + length]
+        return os.pread(self.fd, length, offset)
+
     def zero(self, offset: int, length: int) -> None:
         """Make a range of the backing read as zero, giving its pages back (a hole)."""
         if self.private:

@@ -1,7 +1,7 @@
 """Moving guest RAM between the memfd, KVM's dirty log and files, without a Python copy.
 
-Writes go from the guest mapping straight to the file (``pwrite`` of a
-memoryview), reads into the memfd with ``sendfile``; holes in the memfd (pages
+Writes go from the memfd to the file with ``sendfile`` (from the mapping with
+``pwrite`` for a lazily restored VM), reads into the memfd with ``sendfile``; holes in the memfd (pages
 the guest never touched) are skipped with SEEK_DATA, so they stay holes in
 the file.
 """
@@ -19,9 +19,19 @@ from .format import CHUNK_SIZE, ZERO_CHUNK_DIGEST, data_ranges, digest
 NONZERO = re.compile(rb"[^\x00]+")
 
 
-def write_range(view, fd: int, start: int, end: int) -> None:
+def write_range(memory, fd: int, start: int, end: int) -> None:
+    """Guest RAM to a file at the same offsets: sendfile from the memfd (no page of it is
+    touched in this process), or pwrite from the mapping of a lazily restored VM."""
+    if memory.private:
+        while start < end:
+            start += os.pwrite(fd, memory.view[start:end], start)
+        return
+    os.lseek(fd, start, os.SEEK_SET)
     while start < end:
-        start += os.pwrite(fd, view[start:end], start)
+        sent = os.sendfile(fd, memory.fd, start, end - start)
+        if sent == 0:
+            raise OSError(f"guest RAM ends at {start:#x}")
+        start += sent
 
 
 def copy_into(memfd: int, fd: int, start: int, end: int) -> None:
@@ -41,7 +51,7 @@ def used_ranges(memory):
         # the file's holes, so every chunk is looked at; all-zero ones are skipped.
         return [(start, min(start + CHUNK_SIZE, memory.size))
                 for start in range(0, memory.size, CHUNK_SIZE)
-                if digest(memory.view[start:start + CHUNK_SIZE]) != ZERO_CHUNK_DIGEST]
+                if digest(memory.read_backing(start, CHUNK_SIZE)) != ZERO_CHUNK_DIGEST]
     return list(data_ranges(memory.fd, memory.size))
 
 

@@ -47,16 +47,16 @@ def _sync_dir(path: Path) -> None:
 
 def _copy(machine, out: int, ranges, report: SaveReport, digests: ChunkDigests) -> int:
     """Write ranges chunk by chunk; whole chunks are hashed on the way, as the manifest needs."""
-    view, written = machine.memory.view, 0
+    memory, written = machine.memory, 0
     for start, end in ranges:
         piece = start
         while piece < end:
             length = min(fmt.CHUNK_SIZE - piece % fmt.CHUNK_SIZE, end - piece)
             if length == fmt.CHUNK_SIZE:
-                digests.known(piece, fmt.digest(view[piece:piece + length]))
+                digests.known(piece, fmt.digest(memory.read_backing(piece, length)))
             else:
                 digests.moved(piece, piece + length)
-            memio.write_range(view, out, piece, piece + length)
+            memio.write_range(memory, out, piece, piece + length)
             piece += length
             written += length
     report.bytes_written += written
@@ -109,8 +109,7 @@ def create(machine, folder: Path, definition: dict, origin: dict, tags: list[str
         try:
             os.ftruncate(out, machine.memory.size)
             resume_needed = True
-            digests = ChunkDigests(machine.memory.size,
-                                   lambda start, length: machine.memory.view[start:start + length])
+            digests = ChunkDigests(machine.memory.size, machine.memory.read_backing)
             sections = write_memory(machine, out, live, report, digests)
             if not leave_paused:
                 machine.resume()
