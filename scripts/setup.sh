@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything Ferry needs on a fresh Debian 12 machine (run as root), idempotent:
 # Debian packages, a venv in .venv with Ansible and the engine (which builds the
-# built-in guest), and this checkout made visible to Ansible as ferry.hypervisor.
+# built-in guest), the Linux test guest, and this checkout made visible to Ansible
+# as ferry.hypervisor.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,4 +30,6 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
 .venv/bin/python -m pip install -q --disable-pip-version-check -e engine
 scripts/link-collection.sh >/dev/null
+# The Linux test guest (Debian's cloud kernel + a busybox initramfs); skips itself when built.
+engine/guests/linux/build.sh >/dev/null
 echo "setup: ready ($(.venv/bin/ferry --help >/dev/null && echo ferry) $(.venv/bin/ansible --version | head -1))"
