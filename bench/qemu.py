@@ -85,10 +85,19 @@ def kernel() -> Path:
 
 # --- initramfs ---
 
-def _cpio_entry(name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0), inode: int = 0) -> bytes:
+def cpio_entry(name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0), inode: int = 0) -> bytes:
     fields = [inode, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(name) + 1, 0]
     header = b"070701" + b"".join(b"%08X" % value for value in fields) + name.encode() + b"\0"
     return header + b"\0" * (-len(header) % 4) + data + b"\0" * (-len(data) % 4)
+
+
+def write_cpio(path: Path, entries) -> Path:
+    """An uncompressed newc archive of (name, mode, data, rdev) entries."""
+    with open(path, "wb") as archive:
+        for inode, (name, mode, data, rdev) in enumerate(entries, start=1):
+            archive.write(cpio_entry(name, mode, data, rdev, inode))
+        archive.write(cpio_entry("TRAILER!!!", 0))
+    return path
 
 
 def build_initramfs(workdir: Path) -> Path:
@@ -99,23 +108,21 @@ def build_initramfs(workdir: Path) -> Path:
                ("fill", stat.S_IFDIR | 0o755, b"", (0, 0)),
                ("bin/busybox", stat.S_IFREG | 0o755, busybox.read_bytes(), (0, 0)),
                ("init", stat.S_IFREG | 0o755, INIT.encode(), (0, 0))]
-    path = workdir / "bench-initramfs.cpio"
-    with open(path, "wb") as archive:
-        for inode, (name, mode, data, rdev) in enumerate(entries, start=1):
-            archive.write(_cpio_entry(name, mode, data, rdev, inode))
-        archive.write(_cpio_entry("TRAILER!!!", 0))
-    return path
+    return write_cpio(workdir / "bench-initramfs.cpio", entries)
 
 
 # --- QMP ---
 
 class Qmp:
+    """A QMP client that keeps the events it reads past (STOP and RESUME time the downtime)."""
+
     def __init__(self, path: Path, timeout: float = 30):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
-        wait_for(lambda: self._connect(path), timeout, f"QMP socket {path}", interval=0.002)
+        wait_for(lambda: self._connect(path), timeout, f"QMP socket {path}", interval=0.01)
         self.stream = self.sock.makefile("rwb")
-        self._read()  # the greeting
+        self.events: list[dict] = []
+        self._read()
         self.call("qmp_capabilities")
 
     def _connect(self, path: Path) -> bool:
@@ -126,24 +133,31 @@ class Qmp:
             return False
 
     def _read(self) -> dict:
-        line = self.stream.readline()
+        try:
+            line = self.stream.readline()
+        except socket.timeout:
+            raise BenchError("QMP: no answer from QEMU") from None
         if not line:
             raise BenchError("QMP: QEMU closed the connection")
         return json.loads(line)
 
     def call(self, command: str, **arguments):
-        message = {"execute": command, **({"arguments": arguments} if arguments else {})}
-        self.stream.write(json.dumps(message).encode() + b"\n")
+        self.stream.write(json.dumps({"execute": command, **({"arguments": arguments} if arguments else {})}).encode()
+                          + b"\n")
         self.stream.flush()
         while True:
             reply = self._read()
-            if "error" in reply:
+            if "event" in reply:
+                self.events.append(reply)
+            elif "error" in reply:
                 raise BenchError(f"QMP {command}: {reply['error'].get('desc')}")
-            if "return" in reply:
+            elif "return" in reply:
                 return reply["return"]
 
-    def status(self) -> str:
-        return self.call("query-status")["status"]
+    def event_time(self, name: str) -> float | None:
+        """Host clock of the last ``name`` event (QEMU stamps events with gettimeofday)."""
+        found = [e["timestamp"] for e in self.events if e["event"] == name]
+        return found[-1]["seconds"] + found[-1]["microseconds"] / 1e6 if found else None
 
     def close(self) -> None:
         self.sock.close()
