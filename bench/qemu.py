@@ -154,6 +154,9 @@ class Qmp:
             elif "return" in reply:
                 return reply["return"]
 
+    def status(self) -> str:
+        return self.call("query-status")["status"]
+
     def event_time(self, name: str) -> float | None:
         """Host clock of the last ``name`` event (QEMU stamps events with gettimeofday)."""
         found = [e["timestamp"] for e in self.events if e["event"] == name]
