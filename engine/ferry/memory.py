@@ -17,6 +17,7 @@ from .layout import PCI_HOLE_END, PCI_HOLE_START
 
 
 FALLOC_PUNCH_HOLE = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+MADV_POPULATE_WRITE = 23
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
 
@@ -89,6 +90,14 @@ class GuestMemory:
         if self.private:
             return self.view[offset:offset + length]
         return os.pread(self.fd, length, offset)
+
+    def prepare_write(self, offset: int, length: int) -> None:
+        """Allocate and map a range in one call before it is filled, rather than one
+        page fault per page as the copy reaches it (MADV_POPULATE_WRITE, Linux 5.14)."""
+        try:
+            self.map.madvise(MADV_POPULATE_WRITE, offset, length)
+        except OSError:
+            pass  # older kernels: the copy faults the pages in itself
 
     def zero(self, offset: int, length: int) -> None:
         """Make a range of the backing read as zero, giving its pages back (a hole)."""

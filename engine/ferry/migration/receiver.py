@@ -112,6 +112,7 @@ class Receiver:
             frame = channel.recv_frame()
             if frame.kind is Kind.MEM:
                 _check_range(frame.a, frame.b, size)
+                memory.prepare_write(frame.a, frame.b)
                 channel.recv_into(memory.view[frame.a:frame.a + frame.b])
                 self.digests.moved(frame.a, frame.a + frame.b)
             elif frame.kind is Kind.ZERO:

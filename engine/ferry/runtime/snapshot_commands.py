@@ -47,7 +47,8 @@ def cmd_verify(args):
 
 def cmd_restore(args):
     return snapshots.restore_snapshot(Host(args.state_dir), args.name, args.id, as_name=args.as_name,
-                             replace=args.replace, eager=args.eager)
+                                      replace=args.replace, eager=args.eager,
+                                      verify_memory=not args.no_verify)
 
 
 def register(sub) -> None:
@@ -83,4 +84,6 @@ def register(sub) -> None:
     restore.add_argument("--as", dest="as_name", metavar="NEWNAME", help="restore as a new VM (a clone)")
     restore.add_argument("--replace", action="store_true", help="power off the running VM and restore over it")
     restore.add_argument("--eager", action="store_true", help="copy memory in now instead of mapping it")
+    restore.add_argument("--no-verify", action="store_true",
+                         help="skip the memory checksums (the manifest and state are always checked)")
     restore.set_defaults(func=cmd_restore, render=lambda vm: print(f"{vm['name']}: {vm['state']} (restored)"))

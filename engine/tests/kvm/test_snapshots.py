@@ -206,3 +206,17 @@ def test_compressed_snapshot_verifies_and_restores(ferry, tmp_path):
     ferry.ok("restore", "vm1", "z")
     ferry.wait_heartbeats("vm1", before + 2)
     assert_sequence_continues(ferry.heartbeats("vm1"))
+
+
+def test_memory_damage_that_skips_verification_is_caught_by_the_guest(ferry, tmp_path, pristine):
+    """--no-verify restores without the memory checksums; the self-checking guest then
+    reports the damaged page itself, as it would any lost or corrupted write."""
+    ferry.define(tmp_path, name="vm1", vcpus=1, memory=64, kernel=GUEST, cmdline=BUSY)
+    folder = snapshot_folder(ferry, "vm1", "bad")
+    folder.parent.mkdir(parents=True)
+    subprocess.run(["cp", "-a", "--sparse=always", str(pristine), str(folder)], check=True)
+    _flip_bit(folder / fmt.MEMORY, 16 * 2**20 + 100)  # inside the pages the guest owns
+    assert ferry.run("restore", "vm1", "bad").code != 0
+    ferry.ok("restore", "vm1", "bad", "--no-verify")
+    text = ferry.wait_console("vm1", rb"HB cpu=0 .* CORRUPT page=0x1000000 ", timeout=30)
+    assert b"CORRUPT" in text
