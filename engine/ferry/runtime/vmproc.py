@@ -68,7 +68,15 @@ class VmProcess:
         self.boot_count = 0
         self.outgoing = Outgoing(self)
         self.migrated_to: str | None = None
+        self.clear_unfinished_snapshots()
         self.server = ControlServer(vmdir.socket, self.handle, self.connection_closed)
+
+    def clear_unfinished_snapshots(self) -> None:
+        """Saves run inside this process, so a new process means any ``.ID.partial``
+        was left by one that died mid-save: never listed, and now removed."""
+        if self.vmdir.snapshots.is_dir():
+            for partial in self.vmdir.snapshots.glob(".*.partial"):
+                shutil.rmtree(partial, ignore_errors=True)
 
     # --- lifecycle ---
 

@@ -220,3 +220,16 @@ def test_memory_damage_that_skips_verification_is_caught_by_the_guest(ferry, tmp
     ferry.ok("restore", "vm1", "bad", "--no-verify")
     text = ferry.wait_console("vm1", rb"HB cpu=0 .* CORRUPT page=0x1000000 ", timeout=30)
     assert b"CORRUPT" in text
+
+
+def test_a_save_left_unfinished_by_a_crash_is_never_listed_and_is_cleared(ferry, tmp_path):
+    running_vm(ferry, tmp_path)
+    snapshots = ferry.state_dir / "vms" / "vm1" / "snapshots"
+    snapshots.mkdir()
+    partial = snapshots / ".crashed.partial"
+    partial.mkdir()
+    (partial / fmt.MEMORY).write_bytes(b"half")
+    assert ferry.ok("snapshot", "list", "vm1") == []
+    ferry.ok("poweroff", "vm1")
+    ferry.ok("start", "vm1")
+    assert not partial.exists()
