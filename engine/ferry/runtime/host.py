@@ -169,7 +169,7 @@ class Host:
         vmdir = self.existing(name)
         if vmdir.process_alive():
             control.request(vmdir.socket, "poweroff")
-            self._wait_exit(vmdir, timeout)
+            self.wait_exit(vmdir, timeout)
         return self.describe(vmdir)
 
     def stop(self, name: str, timeout: float = STOP_TIMEOUT) -> dict:
@@ -177,11 +177,11 @@ class Host:
         vmdir = self.existing(name)
         if vmdir.process_alive():
             control.request(vmdir.socket, "shutdown")
-            if not self._wait_exit(vmdir, timeout, fail=False):
+            if not self.wait_exit(vmdir, timeout, fail=False):
                 return self.poweroff(name)
         return self.describe(vmdir)
 
-    def _wait_exit(self, vmdir: statedir.VmDir, timeout: float, fail: bool = True) -> bool:
+    def wait_exit(self, vmdir: statedir.VmDir, timeout: float, fail: bool = True) -> bool:
         deadline = time.monotonic() + timeout
         while vmdir.process_alive():
             if time.monotonic() > deadline:

@@ -16,6 +16,7 @@ from .host import START_TIMEOUT, Host
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 SAVE_TIMEOUT = 3600.0
+STOP_AFTER_SAVE_TIMEOUT = 30.0
 
 
 def _check_id(snapshot_id: str) -> str:
@@ -52,9 +53,13 @@ def create(host: Host, name: str, snapshot_id: str | None = None, tags=(), exit:
     if vmdir.snapshot_dir(snapshot_id).exists():
         raise Conflict(f"snapshot: {name} already has a snapshot {snapshot_id!r}")
     vmdir.snapshots.mkdir(exist_ok=True, mode=0o700)
-    return control.request(vmdir.socket, "snapshot", timeout=SAVE_TIMEOUT, id=snapshot_id,
-                           tags=list(tags), exit=exit, live=live, origin=origin or {"kind": "manual"},
-                           compress=compress)
+    result = control.request(vmdir.socket, "snapshot", timeout=SAVE_TIMEOUT, id=snapshot_id,
+                             tags=list(tags), exit=exit, live=live, origin=origin or {"kind": "manual"},
+                             compress=compress)
+    if exit:
+        # As bhyvectl --suspend: return once the VM is gone, so a restore can follow at once.
+        host.wait_exit(vmdir, STOP_AFTER_SAVE_TIMEOUT)
+    return result
 
 
 def list_snapshots(host: Host, name: str) -> list[dict]:

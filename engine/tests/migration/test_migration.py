@@ -121,3 +121,14 @@ def test_tls_transport_with_certificates(hosts, tmp_path, token):
     assert untrusted.returncode != 0 and "certificate" in untrusted.stderr
     migrate(h1, f"{h2.ipv4}:{PORT}", token, "m1", "--transport", "tls", "--tls-ca", str(cert))
     exactly_one_copy(h2, h1)
+
+
+def test_a_lazily_restored_vm_migrates(hosts, tmp_path, token):
+    """Its RAM is a copy-on-write mapping of the snapshot file, read through /proc/PID/mem."""
+    h1, h2 = hosts
+    start_vm(h1, tmp_path, memory=128, cmdline="fill=30 rate=max hb=100")
+    h1.ok("snapshot", "create", "m1", "--snapshot", "s", "--exit")
+    h1.ok("restore", "m1", "s")
+    receive(h2, token)
+    migrate(h1, f"{h2.ipv4}:{PORT}", token, "m1", "--max-downtime", "100")
+    exactly_one_copy(h2, h1)
