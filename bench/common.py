@@ -99,12 +99,6 @@ def median(values):
     return statistics.median(values) if values else None
 
 
-def timed(func, *args, **kwargs):
-    started = time.perf_counter()
-    result = func(*args, **kwargs)
-    return time.perf_counter() - started, result
-
-
 def wait_for(probe, timeout: float, what: str, interval: float = 0.01):
     """Call ``probe`` until it returns something truthy; give up after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -113,24 +113,26 @@ def build_initramfs(workdir: Path) -> Path:
 
 # --- QMP ---
 
+def connect_unix(sock: socket.socket, path: Path) -> bool:
+    """One try to reach a socket QEMU may not have created yet."""
+    try:
+        sock.connect(str(path))
+        return True
+    except (FileNotFoundError, ConnectionRefusedError):
+        return False
+
+
 class Qmp:
     """A QMP client that keeps the events it reads past (STOP and RESUME time the downtime)."""
 
     def __init__(self, path: Path, timeout: float = 30):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
-        wait_for(lambda: self._connect(path), timeout, f"QMP socket {path}", interval=0.01)
+        wait_for(lambda: connect_unix(self.sock, path), timeout, f"QMP socket {path}", interval=0.01)
         self.stream = self.sock.makefile("rwb")
         self.events: list[dict] = []
         self._read()
         self.call("qmp_capabilities")
-
-    def _connect(self, path: Path) -> bool:
-        try:
-            self.sock.connect(str(path))
-            return True
-        except (FileNotFoundError, ConnectionRefusedError):
-            return False
 
     def _read(self) -> dict:
         try:
@@ -173,17 +175,10 @@ class SerialPort:
 
     def __init__(self, path: Path, timeout: float = 30):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        wait_for(lambda: self._connect(path), timeout, f"serial socket {path}", interval=0.002)
+        wait_for(lambda: connect_unix(self.sock, path), timeout, f"serial socket {path}", interval=0.002)
         self.output = bytearray()
         self.reader = threading.Thread(target=self._read, name="qemu-serial", daemon=True)
         self.reader.start()
-
-    def _connect(self, path: Path) -> bool:
-        try:
-            self.sock.connect(str(path))
-            return True
-        except (FileNotFoundError, ConnectionRefusedError):
-            return False
 
     def _read(self) -> None:
         while True:

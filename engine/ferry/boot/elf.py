@@ -11,13 +11,12 @@ from .. import layout
 from .e820 import elf_e820_map
 
 ELF_MAGIC = b"\x7fELF"
-ELFCLASS64, ELFDATA2LSB, EM_X86_64, PT_LOAD = 2, 1, 62, 1
+ELFCLASS64, ELFDATA2LSB, EM_X86_64, PT_LOAD, PT_NOTE = 2, 1, 62, 1, 4
 
 BOOT_INFO_MAGIC = 0x59525246
 BOOT_INFO_VERSION = 1
 BOOT_INFO_HEADER = struct.Struct("<IIQIIQIIQ")
 E820_ENTRY = struct.Struct("<QQII")
-MAX_E820 = 32
 
 
 @dataclass(frozen=True)
@@ -29,31 +28,57 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class ProgramHeader:
+    kind: int
+    offset: int
+    vaddr: int
+    paddr: int
+    filesz: int
+    memsz: int
+
+
+@dataclass(frozen=True)
 class ElfImage:
     entry: int
     segments: tuple[Segment, ...]
 
 
-def is_elf64(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        head = handle.read(5)
-    return head[:4] == ELF_MAGIC and len(head) == 5 and head[4] == ELFCLASS64
+def is_elf64_x86(data) -> bool:
+    return (len(data) >= 64 and bytes(data[:4]) == ELF_MAGIC and data[4] == ELFCLASS64
+            and data[5] == ELFDATA2LSB and struct.unpack_from("<H", data, 18)[0] == EM_X86_64)
+
+
+def program_headers(data) -> tuple[int, list[ProgramHeader]]:
+    """The entry point and every program header; ``struct.error`` when they lie outside ``data``."""
+    entry, phoff = struct.unpack_from("<QQ", data, 24)
+    phentsize, phnum = struct.unpack_from("<HH", data, 54)
+    if phentsize < 56 or phoff + phentsize * phnum > len(data):
+        raise struct.error("program headers outside the file")
+    headers = []
+    for index in range(phnum):
+        kind, _flags, offset, vaddr, paddr, filesz, memsz = struct.unpack_from(
+            "<IIQQQQQ", data, phoff + index * phentsize)
+        headers.append(ProgramHeader(kind, offset, vaddr, paddr, filesz, memsz))
+    return entry, headers
+
+
+def loadable(headers: list[ProgramHeader], data, name) -> list[ProgramHeader]:
+    """The PT_LOAD headers with memory, each checked to lie inside the file."""
+    found = [h for h in headers if h.kind == PT_LOAD and h.memsz]
+    for header in found:
+        if header.offset + header.filesz > len(data) or header.filesz > header.memsz:
+            raise FerryError(f"kernel {name}: an ELF segment lies outside the file")
+    return found
 
 
 def parse_elf(data: bytes, name: str) -> ElfImage:
-    if data[:4] != ELF_MAGIC or data[4] != ELFCLASS64 or data[5] != ELFDATA2LSB:
-        raise FerryError(f"kernel {name}: not a little-endian ELF64 file")
-    machine, = struct.unpack_from("<H", data, 18)
-    if machine != EM_X86_64:
-        raise FerryError(f"kernel {name}: ELF machine {machine} is not x86-64")
-    entry, phoff = struct.unpack_from("<QQ", data, 24)
-    phentsize, phnum = struct.unpack_from("<HH", data, 54)
-    segments = []
-    for index in range(phnum):
-        kind, _flags, offset, _vaddr, paddr, filesz, memsz = struct.unpack_from(
-            "<IIQQQQQ", data, phoff + index * phentsize)
-        if kind == PT_LOAD and memsz:
-            segments.append(Segment(paddr, offset, filesz, memsz))
+    if not is_elf64_x86(data):
+        raise FerryError(f"kernel {name}: not a little-endian x86-64 ELF64 file")
+    try:
+        entry, headers = program_headers(data)
+    except struct.error:
+        raise FerryError(f"kernel {name}: its ELF program headers lie outside the file") from None
+    segments = [Segment(h.paddr, h.offset, h.filesz, h.memsz) for h in loadable(headers, data, name)]
     if not segments:
         raise FerryError(f"kernel {name}: no loadable segments")
     return ElfImage(entry, tuple(segments))

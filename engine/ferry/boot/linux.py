@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from ..errors import FerryError
 from ..memory import GuestMemory
 from .. import layout
+from . import elf
 
 SETUP_HEADER_OFFSET = 0x1F1
 STARTUP_64_OFFSET = 0x200          # startup_64 in a bzImage's protected-mode part
@@ -254,7 +255,7 @@ def _is_bzimage(image) -> bool:
 
 def _is_vmlinux(image) -> bool:
     try:
-        return _is_elf64_x86(image) and any(owner in NOTE_OWNERS for owner in _note_owners(image))
+        return elf.is_elf64_x86(image) and any(owner in NOTE_OWNERS for owner in _note_owners(image))
     except struct.error:
         return False
 
@@ -372,16 +373,8 @@ def _vmlinux(image, path) -> _Kernel:
 
 
 def _elf_load_segments(image, path):
-    phoff, entry, phentsize, phnum = _elf_header(image)
-    segments = []
-    for index in range(phnum):
-        p_type, _flags, offset, vaddr, paddr, filesz, memsz, _align = struct.unpack_from(
-            "<IIQQQQQQ", image, phoff + index * phentsize)
-        if p_type != PT_LOAD or memsz == 0:
-            continue
-        if offset + filesz > len(image) or filesz > memsz:
-            raise FerryError(f"{path}: ELF segment {index} lies outside the file")
-        segments.append((paddr, offset, filesz, memsz, vaddr))
+    entry, headers = elf.program_headers(image)
+    segments = [(h.paddr, h.offset, h.filesz, h.memsz, h.vaddr) for h in elf.loadable(headers, image, path)]
     return _physical_entry(entry, segments, path), [segment[:4] for segment in segments]
 
 
@@ -399,30 +392,11 @@ def _physical_entry(entry: int, segments, path) -> int:
 
 # ---------------------------------------------------------------- ELF parsing
 
-PT_LOAD = 1
-PT_NOTE = 4
-EM_X86_64 = 62
-
-
-def _is_elf64_x86(image) -> bool:
-    return (len(image) >= 64 and bytes(image[:4]) == b"\x7fELF" and image[4] == 2 and image[5] == 1
-            and struct.unpack_from("<H", image, 18)[0] == EM_X86_64)
-
-
-def _elf_header(image):
-    (entry, phoff) = struct.unpack_from("<QQ", image, 24)
-    (phentsize, phnum) = struct.unpack_from("<HH", image, 54)
-    if phentsize < 56 or phoff + phentsize * phnum > len(image):
-        raise struct.error("program headers outside the file")
-    return phoff, entry, phentsize, phnum
-
-
 def _note_owners(image):
-    phoff, _entry, phentsize, phnum = _elf_header(image)
-    for index in range(phnum):
-        p_type, _flags, offset, _v, _p, filesz = struct.unpack_from("<IIQQQQ", image, phoff + index * phentsize)
-        if p_type == PT_NOTE:
-            yield from _owners_in(image, offset, min(offset + filesz, len(image)))
+    _entry, headers = elf.program_headers(image)
+    for header in headers:
+        if header.kind == elf.PT_NOTE:
+            yield from _owners_in(image, header.offset, min(header.offset + header.filesz, len(image)))
 
 
 def _owners_in(image, position: int, end: int):

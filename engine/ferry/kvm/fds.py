@@ -98,9 +98,6 @@ class VmFd:
     def set_tss_addr(self, address: int) -> None:
         call(self.fd, "KVM_SET_TSS_ADDR", address)
 
-    def set_identity_map_addr(self, address: int) -> None:
-        call(self.fd, "KVM_SET_IDENTITY_MAP_ADDR", ctypes.c_uint64(address))
-
     def create_irqchip(self) -> None:
         call(self.fd, "KVM_CREATE_IRQCHIP")
 
@@ -183,9 +180,6 @@ class VcpuFd:
     def set_sregs(self, sregs: abi.Sregs) -> None:
         call(self.fd, "KVM_SET_SREGS", sregs)
 
-    def get_fpu(self) -> abi.Fpu:
-        return _get(self.fd, "KVM_GET_FPU", abi.Fpu)
-
     def set_fpu(self, fpu: abi.Fpu) -> None:
         call(self.fd, "KVM_SET_FPU", fpu)
 
@@ -241,9 +235,6 @@ class VcpuFd:
 
     def set_xcrs(self, xcrs: abi.Xcrs) -> None:
         call(self.fd, "KVM_SET_XCRS", xcrs)
-
-    def get_tsc_khz(self) -> int:
-        return call(self.fd, "KVM_GET_TSC_KHZ")
 
     def kvmclock_ctrl(self) -> None:
         call(self.fd, "KVM_KVMCLOCK_CTRL")

@@ -17,9 +17,6 @@ from ..errors import Conflict, FerryError
 from ..machine import state
 from ..snapshot import memio
 
-PHASES = ("sending", "paused", "handover", "committed", "aborted")
-
-
 class Outgoing:
     def __init__(self, process):
         self.process = process

@@ -99,10 +99,6 @@ class VmDir:
         record = {**self.read_migration(), **fields, "updated_at": time.time()}
         write_atomic(self.migration_file, json.dumps(record, sort_keys=True), durable=durable)
 
-    def moved(self, folder: str) -> "VmDir":
-        """The same VM's folder after a rename into ``folder``."""
-        return VmDir(self.root, self.name, folder)
-
     def retire(self) -> Path:
         """Move this VM's folder (logs, snapshots) aside once it lives on another host."""
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

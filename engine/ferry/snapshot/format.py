@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import mmap
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import xxhash
@@ -98,12 +97,6 @@ def read_sections(folder: Path, manifest: dict) -> dict[str, Section]:
             raise SnapshotError(f"section {name}: checksum mismatch in {STATE}")
         sections[name] = Section(name, entry["version"], raw)
     return sections
-
-
-@dataclass(frozen=True)
-class ChunkCheck:
-    index: int
-    ok: bool
 
 
 def data_ranges(fd: int, size: int):

@@ -76,11 +76,3 @@ def build(folder: Path, console, spec: MachineSpec, lazy: bool = True,
         machine.close()
         raise
     return machine, manifest
-
-
-def spec_from_manifest(manifest: dict, name: str | None = None) -> MachineSpec:
-    definition = manifest["definition"]
-    return MachineSpec(name or definition["name"], definition["vcpus"], definition["memory"],
-                       Path(definition["kernel"]),
-                       Path(definition["initrd"]) if definition.get("initrd") else None,
-                       definition.get("cmdline", ""))
