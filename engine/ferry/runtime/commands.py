@@ -34,7 +34,7 @@ def cmd_define(args):
 
 
 def cmd_start(args):
-    return _host(args).start(args.name, timeout=args.timeout)
+    return _host(args).start(args.name, timeout=args.timeout, overcommit=args.overcommit)
 
 
 def cmd_stop(args):
@@ -138,8 +138,11 @@ def register(sub) -> None:
     define = command("define", cmd_define, "define a VM from a YAML file", with_name=False)
     define.add_argument("file")
     define.add_argument("--replace", action="store_true", help="replace an existing definition")
-    command("start", cmd_start, "start a VM and wait until it runs").add_argument(
-        "--timeout", type=float, default=START_TIMEOUT)
+    start = command("start", cmd_start, "start a VM and wait until it runs")
+    start.add_argument("--timeout", type=float, default=START_TIMEOUT, metavar="S",
+                       help=f"give up after S seconds (default {START_TIMEOUT:.0f})")
+    start.add_argument("--overcommit", action="store_true",
+                       help="start even if the VMs' memory exceeds this host's")
     command("stop", cmd_stop, "press the power button; power off after --timeout").add_argument(
         "--timeout", type=float, default=STOP_TIMEOUT)
     command("poweroff", cmd_poweroff, "power a VM off at once")

@@ -6,20 +6,22 @@ optional keys under a new format number, and older files keep loading.
 
 from __future__ import annotations
 
-import re
+import os
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
 
+from .. import inputs
 from ..layout import MAX_VCPUS
 from ..errors import DefinitionError
 
 FORMAT = 1
 BUILTIN_PREFIX = "builtin:"
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 MAX_MEMORY_MIB = 1024 * 1024
 MAX_CMDLINE = 4095
+MAX_FILE = 64 * 1024  # a definition is a few lines; anything bigger is not one
 KEYS = ("name", "vcpus", "memory", "kernel", "initrd", "cmdline")
 
 
@@ -82,30 +84,57 @@ def validate(values) -> Definition:
     unknown = sorted(set(values) - set(KEYS), key=str)
     if unknown:
         raise DefinitionError(f"{unknown[0]}: unknown key, allowed keys are {', '.join(KEYS)}")
-    name = values.get("name")
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise DefinitionError(f"name: {name!r} is not a valid VM name "
-                              "(lowercase letters, digits, '.', '_', '-'; at most 63; starts with a letter or digit)")
+    try:
+        name = inputs.vm_name(values.get("name"))
+    except inputs.InvalidName as err:
+        raise DefinitionError(str(err)) from None
     memory = _integer(values, "memory", 2, MAX_MEMORY_MIB, " MiB")
     if memory % 2:
         raise DefinitionError(f"memory: {memory} MiB must be a multiple of 2 MiB")
+    return Definition(name=name, vcpus=_integer(values, "vcpus", 1, MAX_VCPUS),
+                      memory=memory, kernel=_path(values, "kernel", True),
+                      initrd=_path(values, "initrd", False), cmdline=_cmdline(values))
+
+
+def _cmdline(values: dict) -> str:
     cmdline = values.get("cmdline") or ""
     if not isinstance(cmdline, str) or len(cmdline) > MAX_CMDLINE:
         raise DefinitionError(f"cmdline: expected text of at most {MAX_CMDLINE} characters")
-    return Definition(name=name, vcpus=_integer(values, "vcpus", 1, MAX_VCPUS),
-                      memory=memory, kernel=_path(values, "kernel", True),
-                      initrd=_path(values, "initrd", False), cmdline=cmdline)
+    # The guest reads it as one NUL-terminated line: a NUL would cut it, a newline or
+    # other control character would reach the kernel as garbage.
+    bad = next((c for c in cmdline if not c.isprintable()), None)
+    if bad is not None:
+        raise DefinitionError(f"cmdline: control character {bad!r} is not allowed; "
+                              "use printable characters and spaces only")
+    return cmdline
+
+
+def read_text(path: Path) -> str:
+    """A definition file's text: a regular file of at most MAX_FILE bytes (never a device or FIFO)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        raise DefinitionError(f"cannot read definition {path}: {err.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DefinitionError(f"cannot read definition {path}: not a regular file")
+        data = handle.read(MAX_FILE + 1)
+    if len(data) > MAX_FILE:
+        raise DefinitionError(f"{path}: larger than {MAX_FILE // 1024} KiB, not a VM definition")
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise DefinitionError(f"{path}: not UTF-8 text") from None
 
 
 def load_file(path: Path) -> Definition:
-    try:
-        text = Path(path).read_text()
-    except OSError as err:
-        raise DefinitionError(f"cannot read definition {path}: {err.strerror}") from None
+    text = read_text(path)
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise DefinitionError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+        raise DefinitionError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+    except RecursionError:
+        raise DefinitionError(f"{path}: nested too deeply to be a VM definition") from None
     if isinstance(values, dict) and values.get("format", FORMAT) != FORMAT:
         raise DefinitionError(f"format: {values['format']!r} is not supported, this engine reads format {FORMAT}")
     return validate(values)

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import os
 import select
-import shutil
 import subprocess
 import sys
 import time
 
+from .. import inputs
 from ..errors import Conflict, FerryError, NotFound
-from . import control, definition as defn, statedir
+from . import control, definition as defn, operations as ops, statedir
+from .hostinfo import meminfo_mib
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
+HOST_RESERVE_MIB = 512  # kept for the host itself when admitting VMs
 
 
 def last_line(path) -> str:
@@ -54,9 +56,22 @@ class Host:
         if not incoming.is_dir():
             return
         for folder in incoming.iterdir():
+            if not inputs.VM_NAME.fullmatch(folder.name):
+                continue  # not a staging folder the engine made: not ours to delete
             staging = statedir.VmDir(self.root, folder.name, folder="incoming")
             if not staging.process_alive():
-                shutil.rmtree(folder, ignore_errors=True)
+                statedir.remove_tree(self.root, folder)
+
+    # --- the operations table, at the host API's door ---
+
+    def phase(self, vmdir: statedir.VmDir) -> str:
+        if statedir.VmDir(self.root, vmdir.name, folder="incoming").process_alive():
+            return ops.RECEIVING
+        return ops.phase_of(vmdir.read_migration(), vmdir.process_alive())
+
+    def check_operation(self, op: str, vmdir: statedir.VmDir) -> None:
+        """Refuse ``op`` (changing nothing) unless the VM's migration phase allows it."""
+        ops.check(op, self.phase(vmdir), vmdir.name, vmdir.read_migration().get("to"))
 
     def get(self, name: str) -> dict | None:
         vmdir = self.vmdir(name)
@@ -102,6 +117,7 @@ class Host:
     def define(self, values: dict, replace: bool = False) -> dict:
         new = defn.validate(values)
         vmdir = self.vmdir(new.name)
+        self.check_operation("define", vmdir)
         if vmdir.exists():
             old = vmdir.load_definition()
             if not replace:
@@ -114,25 +130,43 @@ class Host:
 
     def undefine(self, name: str) -> dict:
         vmdir = self.existing(name)
+        self.check_operation("undefine", vmdir)
         if vmdir.process_alive():
             raise Conflict(f"{name}: the VM is running; stop it before undefining it")
-        shutil.rmtree(vmdir.path)
+        statedir.remove_tree(self.root, vmdir.path)
         return {"name": name, "state": "absent"}
 
     # --- state changes ---
 
-    def start(self, name: str, timeout: float = START_TIMEOUT) -> dict:
+    def start(self, name: str, timeout: float = START_TIMEOUT, overcommit: bool = False) -> dict:
+        timeout = inputs.seconds(timeout)
         vmdir = self.existing(name)
         lock = vmdir.start_lock()
         try:
             if not vmdir.process_alive():
-                self._spawn(vmdir, timeout)
+                self.check_operation("start", vmdir)
+                self._spawn(vmdir, timeout, overcommit=overcommit)
         finally:
             os.close(lock)
         return self.describe(vmdir)
 
-    def _spawn(self, vmdir: statedir.VmDir, timeout: float, extra: tuple[str, ...] = ()) -> None:
-        log = open(vmdir.engine_log, "ab")
+    def admit(self, vmdir: statedir.VmDir, memory_mib: int) -> None:
+        """Refuse a VM whose RAM does not fit beside the running ones (guest RAM is a memfd
+        that fills as the guest touches it: an overcommitted host fails later, and worse)."""
+        total = meminfo_mib()["MemTotal"]
+        committed = sum(vm["memory"] for vm in self.list()
+                        if vm["name"] != vmdir.name and vm["state"] in ("running", "paused"))
+        room = total - HOST_RESERVE_MIB - committed
+        if memory_mib > room:
+            raise Conflict(f"memory: {vmdir.name} needs {memory_mib} MiB, this host has {room} MiB left for VMs "
+                           f"({total} MiB total, {committed} MiB committed to running VMs, "
+                           f"{HOST_RESERVE_MIB} MiB kept for the host); use --overcommit to start it anyway")
+
+    def _spawn(self, vmdir: statedir.VmDir, timeout: float, extra: tuple[str, ...] = (),
+               overcommit: bool = False, memory_mib: int | None = None) -> None:
+        if not overcommit:
+            self.admit(vmdir, memory_mib or vmdir.load_definition().memory)
+        log = os.fdopen(statedir.open_private(vmdir.engine_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab")
         child = subprocess.Popen(
             [sys.executable, "-m", "ferry.runtime.vmproc", "--state-dir", str(self.root), *extra, vmdir.name],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
@@ -166,6 +200,7 @@ class Host:
         self._control(name, "console-input", data=data.decode("latin-1"))
 
     def poweroff(self, name: str, timeout: float = STOP_TIMEOUT) -> dict:
+        timeout = inputs.seconds(timeout)
         vmdir = self.existing(name)
         if vmdir.process_alive():
             control.request(vmdir.socket, "poweroff")
@@ -174,6 +209,7 @@ class Host:
 
     def stop(self, name: str, timeout: float = STOP_TIMEOUT) -> dict:
         """Press the ACPI power button; power off if the guest is still up after ``timeout``."""
+        timeout = inputs.seconds(timeout, zero=True)
         vmdir = self.existing(name)
         if vmdir.process_alive():
             control.request(vmdir.socket, "shutdown")

@@ -8,12 +8,13 @@ from ..kvm.fds import Kvm, KvmUnavailable
 from ..kvm import abi
 
 
-def _meminfo() -> dict[str, int]:
+def meminfo_mib() -> dict[str, int]:
+    """/proc/meminfo in MiB."""
     values = {}
     with open("/proc/meminfo") as handle:
         for line in handle:
             key, rest = line.split(":", 1)
-            values[key] = int(rest.split()[0]) * 1024
+            values[key] = int(rest.split()[0]) // 1024
     return values
 
 
@@ -31,15 +32,15 @@ def _kvm() -> dict:
 
 
 def host_info(host) -> dict:
-    memory = _meminfo()
+    memory = meminfo_mib()
     vms = [{key: vm[key] for key in ("name", "vcpus", "memory", "state")} for vm in host.list()]
     running = [vm for vm in vms if vm["state"] in ("running", "paused")]
     return {
         "hostname": os.uname().nodename,
         "kvm": _kvm(),
         "cpus": os.cpu_count(),
-        "memory_total_mib": memory["MemTotal"] // (1024 * 1024),
-        "memory_free_mib": memory.get("MemAvailable", memory["MemFree"]) // (1024 * 1024),
+        "memory_total_mib": memory["MemTotal"],
+        "memory_free_mib": memory.get("MemAvailable", memory["MemFree"]),
         "state_dir": str(host.root),
         "vms": vms,
         "committed_vcpus": sum(vm["vcpus"] for vm in running),

@@ -16,11 +16,14 @@ import time
 from ..errors import Conflict, FerryError
 from ..machine import state
 from ..snapshot import memio
+from . import operations as ops
+
 
 class Outgoing:
     def __init__(self, process):
         self.process = process
-        self.phase: str | None = None
+        self.phase: str = ops.IDLE
+        self.to: str | None = None
         self.progress: dict = {}
         self.live = False
 
@@ -32,18 +35,25 @@ class Outgoing:
         self.phase = phase
         self.process.vmdir.write_migration(phase=phase, role="source", durable=durable, **extra)
 
-    def handle(self, action: str, request: dict, session: dict) -> dict:
-        if action not in ("begin", "attach") and session.get("migration") is not self:
-            raise Conflict("no migration is under way on this connection")
-        return getattr(self, f"do_{action.replace('-', '_')}")(request, session)
+    def steps(self) -> dict:
+        """The control operations of a migration, by name (their phases are in ``operations``)."""
+        return {"migration-begin": self.begin, "migration-attach": self.attach,
+                "migration-dirty": self.dirty, "migration-throttle": self.throttle,
+                "migration-pause": self.pause, "migration-sections": self.sections,
+                "migration-progress": self.report_progress, "migration-resume": self.resume,
+                "migration-handover": self.handover, "migration-finish": self.finish}
 
-    def do_begin(self, request: dict, session: dict) -> dict:
-        if self.phase in ("sending", "paused", "handover"):
-            raise Conflict(f"{self.process.definition.name}: a migration is already under way ({self.phase})")
+    def owned(self, session: dict) -> None:
+        """Only the connection that began (or attached to) the migration may drive it."""
+        if session.get("migration") is not self:
+            raise Conflict("no migration is under way on this connection")
+
+    def begin(self, request: dict, session: dict) -> dict:
         self.live = bool(request.get("live"))
         session["migration"] = self
         self.progress = {}
-        self._record("sending", to=request.get("to"), started_at=time.time())
+        self.to = str(request.get("to"))
+        self._record(ops.PRECOPY, to=self.to, started_at=time.time())
         if self.live:
             memio.set_dirty_logging(self.machine, True)
         memory = self.machine.memory
@@ -53,72 +63,95 @@ class Outgoing:
             answer["_fds"] = [memory.fd]
         return answer
 
-    def do_attach(self, request: dict, session: dict) -> dict:
+    def attach(self, request: dict, session: dict) -> dict:
         """A new sender takes over a migration left in doubt, to report its outcome."""
-        if self.phase not in ("handover", "in-doubt"):
-            raise Conflict(f"{self.process.definition.name}: no migration is waiting for its outcome")
         session["migration"] = self
-        return {"phase": self.phase, **self.process.vmdir.read_migration()}
+        return {**self.process.vmdir.read_migration(), "phase": self.phase}
 
-    def do_dirty(self, request: dict, session: dict) -> dict:
+    def dirty(self, request: dict, session: dict) -> dict:
+        self.owned(session)
         return {"ranges": memio.dirty_ranges(self.machine)}
 
-    def do_throttle(self, request: dict, session: dict) -> dict:
-        self.machine.set_throttle(float(request["share"]))
+    def throttle(self, request: dict, session: dict) -> dict:
+        self.owned(session)
+        share = request.get("share")
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
+            raise FerryError(f"share: {share!r} is not a throttle share from 0 to below 1")
+        self.machine.set_throttle(float(share))
         return {}
 
-    def do_pause(self, request: dict, session: dict) -> dict:
+    def pause(self, request: dict, session: dict) -> dict:
+        self.owned(session)
         self.machine.pause()
         self.machine.set_throttle(0)
-        self._record("paused", durable=False)  # the guest resumes here on any failure: nothing to resolve
+        # Not synced: the guest resumes here on any failure, so there is nothing to resolve.
+        self._record(ops.STOP_AND_COPY, durable=False)
         ranges = memio.dirty_ranges(self.machine) if self.live else []
         return {"ranges": ranges}
 
-    def do_sections(self, request: dict, session: dict) -> dict:
+    def sections(self, request: dict, session: dict) -> dict:
+        self.owned(session)
         return {"sections": [{"name": s.name, "version": s.version, "data": base64.b64encode(s.data).decode()}
                              for s in state.capture(self.machine)]}
 
-    def do_progress(self, request: dict, session: dict) -> dict:
-        self.progress = request.get("progress", {})
+    def report_progress(self, request: dict, session: dict) -> dict:
+        self.owned(session)
+        progress = request.get("progress")
+        self.progress = progress if isinstance(progress, dict) else {}
         return {}
 
-    def do_resume(self, request: dict, session: dict) -> dict:
-        self.abort(request.get("reason", "the sender gave up"))
+    def resume(self, request: dict, session: dict) -> dict:
+        self.owned(session)
+        self.abort(str(request.get("reason", "the sender gave up")))
         return {}
 
-    def do_handover(self, request: dict, session: dict) -> dict:
-        self._record("handover")
+    def handover(self, request: dict, session: dict) -> dict:
+        self.owned(session)
+        self._record(ops.HANDOVER)
         return {}
 
-    def do_finish(self, request: dict, session: dict) -> dict:
+    def finish(self, request: dict, session: dict) -> dict:
+        self.owned(session)
         if request.get("outcome") == "committed":
-            self._record("committed", report=request.get("report"))
+            self._record(ops.COMMITTED, report=request.get("report"))
             session.pop("migration", None)
             self.process.leave(f"migrated to {self.process.vmdir.read_migration().get('to')}")
             return {}
         self.abort("the destination aborted")
         return {}
 
-    def abort(self, reason: str) -> None:
-        """Back to running here: dirty logging off, no throttle, guest resumed."""
+    def abort(self, reason: str, resume: bool = True) -> None:
+        """Back to how it was before the migration: dirty logging off, no throttle, and
+        (unless the VM is about to power off) the guest resumed."""
         if self.live:
             memio.set_dirty_logging(self.machine, False)
         self.machine.set_throttle(0)
-        self.machine.resume()
+        if resume:
+            self.machine.resume()
         self._record("aborted", reason=reason)
+
+    def cancel(self, reason: str) -> None:
+        """Poweroff during precopy or stop-and-copy: the migration is abandoned here; the
+        sender's next step is refused, so it never sends COMMIT and the destination discards."""
+        self.abort(f"cancelled: {reason}", resume=False)
 
     def connection_closed(self, session: dict) -> None:
         if session.get("migration") is not self:
             return
-        if self.phase in ("sending", "paused"):
+        if self.phase in ops.MOVING:
             self.abort("the sender went away before the handover")
-        elif self.phase == "handover":
-            self.process.vmdir.write_migration(phase="in-doubt", role="source",
+        elif self.phase == ops.HANDOVER:
+            self.process.vmdir.write_migration(phase=ops.IN_DOUBT, role="source",
                                                error="the sender went away during the handover")
-            self.phase = "in-doubt"
+            self.phase = ops.IN_DOUBT
+
+    @property
+    def current(self) -> str:
+        """This VM's phase in the operations table ("aborted" is no migration at all)."""
+        return self.phase if self.phase in ops.PHASES else ops.IDLE
 
     def status(self) -> dict | None:
-        if self.phase is None:
+        if self.phase == ops.IDLE:
             return None
         # "phase" is where the handover stands here; "step" is the sender's own progress.
         return {**self.progress, "phase": self.phase, "step": self.progress.get("phase")}

@@ -3,27 +3,22 @@
 from __future__ import annotations
 
 import os
-import re
-import shutil
 from datetime import datetime, timezone
 
-from ..errors import Conflict, FerryError, NotFound
+from .. import inputs
+from ..errors import Conflict, NotFound
 from ..snapshot import format as fmt
 from ..snapshot import restore
 from ..snapshot.save import summary
-from . import control
+from . import control, statedir
 from .host import START_TIMEOUT, Host
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 SAVE_TIMEOUT = 3600.0
 STOP_AFTER_SAVE_TIMEOUT = 30.0
 
 
 def _check_id(snapshot_id: str) -> str:
-    if not ID_PATTERN.match(snapshot_id):
-        raise FerryError(f"snapshot: {snapshot_id!r} is not a valid id (letters, digits, '_', '.', ':', '-'; "
-                         "starts with a letter or digit; at most 128)")
-    return snapshot_id
+    return inputs.snapshot_id(snapshot_id)
 
 
 def _new_id(vmdir) -> str:
@@ -76,7 +71,7 @@ def list_snapshots(host: Host, name: str) -> list[dict]:
 
 def delete(host: Host, name: str, snapshot_id: str) -> dict:
     _, folder = _folder(host, name, snapshot_id)
-    shutil.rmtree(folder)
+    statedir.remove_tree(host.root, folder)
     return {"id": snapshot_id, "vm": name, "deleted": True}
 
 

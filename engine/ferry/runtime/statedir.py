@@ -6,13 +6,16 @@ life, so "is it running" never depends on a pid that may have been reused.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
-from ..errors import NotFound
+from .. import inputs
+from ..errors import FerryError, NotFound
 from . import definition as defn
 
 DEFAULT_STATE_DIR = "/var/lib/ferry"
@@ -23,24 +26,59 @@ def resolve(state_dir: str | os.PathLike | None = None) -> Path:
     return Path(state_dir or os.environ.get(ENV_STATE_DIR) or DEFAULT_STATE_DIR)
 
 
-def write_atomic(path: Path, text: str, mode: int = 0o644, durable: bool = True) -> None:
+NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class OutsideStateDir(FerryError):
+    """A path the engine was about to touch lies outside its state directory (or is a link)."""
+
+
+def open_private(path: Path, flags: int, mode: int = 0o600) -> int:
+    """Open a file in a VM's folder without following a link planted in its place."""
+    try:
+        return os.open(path, flags | NOFOLLOW, mode)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise OutsideStateDir(f"{path}: is a symbolic link; Ferry does not follow links "
+                                  "in its state directory") from None
+        raise
+
+
+def check_inside(root: Path, path: Path) -> Path:
+    """``path`` itself is no link and, resolved, lies inside ``root``: the one check every
+    folder the engine creates, writes or deletes goes through."""
+    if path.is_symlink():
+        raise OutsideStateDir(f"{path}: is a symbolic link; Ferry does not follow links "
+                              "in its state directory")
+    top = os.path.realpath(root)
+    if os.path.commonpath([top, os.path.realpath(path)]) != top:
+        raise OutsideStateDir(f"{path}: resolves outside the state directory {root}")
+    return path
+
+
+def remove_tree(root: Path, path: Path) -> None:
+    """Delete a folder of the state directory (rmtree never follows links below it)."""
+    shutil.rmtree(check_inside(root, path))
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o600, durable: bool = True) -> None:
     """Replace ``path`` so a reader sees the old or the new file, never half of one;
     ``durable`` also waits for the disk, for records that must survive a crash."""
     temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w") as handle:
+    temporary.unlink(missing_ok=True)
+    with os.fdopen(open_private(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w") as handle:
         handle.write(text)
         handle.flush()
         if durable:
             os.fsync(handle.fileno())
-    os.chmod(temporary, mode)
     os.replace(temporary, path)
 
 
 class VmDir:
     def __init__(self, root: Path, name: str, folder: str = "vms"):
-        self.name = name
+        self.name = inputs.vm_name(name)
         self.root = root
-        self.path = root / folder / name
+        self.path = check_inside(root, root / folder / name)
         self.definition_file = self.path / "vm.yaml"
         self.console_log = self.path / "console.log"
         self.engine_log = self.path / "engine.log"
@@ -54,12 +92,13 @@ class VmDir:
         return self.path / "snapshots"
 
     def snapshot_dir(self, snapshot_id: str) -> Path:
-        return self.snapshots / snapshot_id
+        return check_inside(self.root, self.snapshots / inputs.snapshot_id(snapshot_id))
 
     def snapshot_ids(self) -> list[str]:
         if not self.snapshots.is_dir():
             return []
-        return sorted(p.name for p in self.snapshots.iterdir() if not p.name.startswith(".") and p.is_dir())
+        return sorted(p.name for p in self.snapshots.iterdir()
+                      if inputs.SNAPSHOT_ID.fullmatch(p.name) and p.is_dir() and not p.is_symlink())
 
     def exists(self) -> bool:
         return self.definition_file.is_file()
@@ -70,14 +109,14 @@ class VmDir:
         return defn.load_file(self.definition_file)
 
     def save_definition(self, definition: defn.Definition) -> None:
-        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.make()
         write_atomic(self.definition_file, defn.dump(definition))
 
+    def make(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+
     def read_status(self) -> dict:
-        try:
-            return json.loads(self.status_file.read_text())
-        except (OSError, ValueError):
-            return {}
+        return _read_record(self.status_file)
 
     def write_status(self, **fields) -> None:
         status = {**self.read_status(), **fields, "updated_at": time.time()}
@@ -89,10 +128,7 @@ class VmDir:
         return self.path / "migration.json"
 
     def read_migration(self) -> dict:
-        try:
-            return json.loads(self.migration_file.read_text())
-        except (OSError, ValueError):
-            return {}
+        return _read_record(self.migration_file)
 
     def write_migration(self, durable: bool = True, **fields) -> None:
         """The migration's phase, on disk before it takes effect, so a restart can resolve it."""
@@ -110,7 +146,7 @@ class VmDir:
     def process_alive(self) -> bool:
         """True while a VM process holds the lock."""
         try:
-            fd = os.open(self.lock_file, os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_private(self.lock_file, os.O_RDONLY)
         except FileNotFoundError:
             return False
         try:
@@ -123,7 +159,7 @@ class VmDir:
 
     def hold_lock(self) -> int | None:
         """Take the VM lock for this process's lifetime; None if another process has it."""
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = open_private(self.lock_file, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -135,14 +171,33 @@ class VmDir:
 
     def start_lock(self) -> int:
         """Serialise ``start`` calls: the second waits, then finds the VM running."""
-        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.start_lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.make()
+        fd = open_private(self.start_lock_file, os.O_RDWR | os.O_CREAT)
         fcntl.flock(fd, fcntl.LOCK_EX)
         return fd
 
 
+MAX_RECORD = 1 << 20
+
+
+def _read_record(path: Path) -> dict:
+    """A small JSON record of the engine's own (status, migration phase); {} if absent or unreadable."""
+    try:
+        fd = open_private(path, os.O_RDONLY | os.O_NONBLOCK)
+    except (OSError, FerryError):
+        return {}
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            record = json.loads(handle.read(MAX_RECORD))
+        except (OSError, ValueError, RecursionError):
+            return {}
+    return record if isinstance(record, dict) else {}
+
+
 def vm_names(root: Path) -> list[str]:
+    """The VMs defined here; folders whose names the engine would refuse are not VMs."""
     folder = root / "vms"
     if not folder.is_dir():
         return []
-    return sorted(p.name for p in folder.iterdir() if (p / "vm.yaml").is_file())
+    return sorted(p.name for p in folder.iterdir()
+                  if inputs.VM_NAME.fullmatch(p.name) and not p.is_symlink() and (p / "vm.yaml").is_file())

@@ -25,6 +25,7 @@ from ..errors import FerryError
 from ..machine.vcpu import GuestEvent, RunState, install_kick_handler
 from ..machine.vm import Event, Machine, MachineSpec
 from ..snapshot import restore, save
+from . import operations as ops
 from . import statedir
 from .control import ControlServer
 from .outgoing import Outgoing
@@ -69,6 +70,7 @@ class VmProcess:
         self.outgoing = Outgoing(self)
         self.migrated_to: str | None = None
         self.clear_unfinished_snapshots()
+        self.handlers = self.operations()
         self.server = ControlServer(vmdir.socket, self.handle, self.connection_closed)
 
     def clear_unfinished_snapshots(self) -> None:
@@ -137,39 +139,79 @@ class VmProcess:
 
     # --- control requests ---
 
+    def operations(self) -> dict:
+        """The control operations this process serves, by name; which phase allows
+        which is the table in ``operations``, checked in ``handle`` for all of them."""
+        return {"status": self.op_status, "pause": self.op_pause, "resume": self.op_resume,
+                "shutdown": self.op_shutdown, "poweroff": self.op_poweroff, "snapshot": self.snapshot,
+                "console-input": self.op_console_input, **self.outgoing.steps()}
+
     def handle(self, request: dict, session: dict) -> dict:
         op = request.get("op")
+        if not isinstance(op, str) or op not in self.handlers:
+            raise FerryError(f"op: unknown control request {op!r}")
         if op == "status":
-            return self.status()  # never waits behind a long snapshot or migration step
+            return self.op_status(request, session)  # never waits behind a long snapshot or migration step
         with self.lock:
-            if op.startswith("migration-"):
-                return self.outgoing.handle(op[len("migration-"):], request, session)
-            if op == "pause":
-                self.machine.pause()
-                self.vmdir.write_status(state="paused")
-            elif op == "resume":
-                self.machine.resume()
-                self.vmdir.write_status(state="running")
-            elif op == "shutdown":
-                self.machine.press_power_button()
-            elif op == "poweroff":
-                self.machine.events.put(Event(GuestEvent.POWEROFF, "powered off by the host", by_host=True))
-            elif op == "snapshot":
-                return self.snapshot(request)
-            elif op == "console-input":
-                self.machine.devices.serial.feed(request.get("data", "").encode("latin-1"))
-            else:
-                raise FerryError(f"unknown control request {op!r}")
-            return self.status()
+            # Under the lock: the phase cannot move between the check and the operation.
+            ops.check(op, self.outgoing.current, self.definition.name, self.outgoing.to)
+            return self.handlers[op](request, session)
 
-    def snapshot(self, request: dict) -> dict:
-        folder = self.vmdir.snapshot_dir(request["id"])
+    def op_status(self, request: dict, session: dict) -> dict:
+        return self.status()
+
+    def op_pause(self, request: dict, session: dict) -> dict:
+        self.machine.pause()
+        self.vmdir.write_status(state="paused")
+        return self.status()
+
+    def op_resume(self, request: dict, session: dict) -> dict:
+        self.machine.resume()
+        self.vmdir.write_status(state="running")
+        return self.status()
+
+    def op_shutdown(self, request: dict, session: dict) -> dict:
+        self.machine.press_power_button()
+        return self.status()
+
+    def op_poweroff(self, request: dict, session: dict) -> dict:
+        self.power_off("powered off by the host")
+        return self.status()
+
+    def power_off(self, reason: str) -> None:
+        """Power off now; during precopy or stop-and-copy this cancels the migration first."""
+        if self.outgoing.current in ops.MOVING:
+            self.outgoing.cancel(reason)
+            log(f"migration to {self.outgoing.to} cancelled: {reason}")
+        self.machine.events.put(Event(GuestEvent.POWEROFF, reason, by_host=True))
+
+    def poweroff_signal(self) -> None:
+        """SIGTERM: a poweroff, unless the table forbids it (the handover is not ours to cut)."""
+        with self.lock:
+            try:
+                ops.check("poweroff", self.outgoing.current, self.definition.name, self.outgoing.to)
+            except ops.Busy as err:
+                log(f"SIGTERM ignored: {err}")
+                return
+            self.power_off("powered off by SIGTERM")
+
+    def op_console_input(self, request: dict, session: dict) -> dict:
+        data = request.get("data")
+        if not isinstance(data, str):
+            raise FerryError("data: console input must be text")
+        self.machine.devices.serial.feed(data.encode("latin-1", errors="replace"))
+        return self.status()
+
+    def snapshot(self, request: dict, session: dict) -> dict:
+        folder = self.vmdir.snapshot_dir(request.get("id"))
         stop_after = bool(request.get("exit"))
-        result = save.create(self.machine, folder, self.definition.to_dict(), request["origin"],
-                             request.get("tags", []), live=request.get("live", True), leave_paused=stop_after,
-                             compress=bool(request.get("compress")))
+        # A paused VM stays paused: a checkpoint does not change what the guest is doing.
+        leave_paused = stop_after or self.machine.state is RunState.PAUSED
+        result = save.create(self.machine, folder, self.definition.to_dict(), request.get("origin") or {},
+                             request.get("tags") or [], live=request.get("live", True),
+                             leave_paused=leave_paused, compress=bool(request.get("compress")))
         if stop_after:
-            self.machine.events.put(Event(GuestEvent.POWEROFF, f"stopped after snapshot {request['id']}",
+            self.machine.events.put(Event(GuestEvent.POWEROFF, f"stopped after snapshot {folder.name}",
                                            by_host=True))
         return result
 
@@ -232,8 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         _detach_stdio(stdout, f"error: {message}")
         return 1
-    signal.signal(signal.SIGTERM, lambda *_: process.machine.events.put(
-        Event(GuestEvent.POWEROFF, "powered off by SIGTERM", by_host=True)))
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=process.poweroff_signal).start())
     process.server.start()
     _detach_stdio(stdout, "ready")
     return process.run()

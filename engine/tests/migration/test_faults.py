@@ -111,7 +111,8 @@ def test_wrong_token_is_refused_and_the_receiver_keeps_waiting(hosts, tmp_path, 
 
 def test_destination_without_memory_refuses(hosts, tmp_path, token):
     h1, h2 = hosts
-    start_vm(h1, tmp_path, memory=30 * 1024, cmdline="fill=1 rate=0 hb=200")
+    # More than the machine has: the source only runs it overcommitted, the destination refuses.
+    start_vm(h1, tmp_path, memory=30 * 1024, cmdline="fill=1 rate=0 hb=200", start_args=("--overcommit",))
     receive(h2, token)
     refused = migrate(h1, f"{h2.ipv4}:{PORT}", token, expect_ok=False)
     assert refused.returncode != 0 and "out of memory" in refused.stderr

@@ -101,7 +101,7 @@ def test_progress_on_the_source_and_a_plot_of_the_rounds(hosts, tmp_path, token,
             seen = status["migration"]
         time.sleep(0.2)
     assert process.wait(120) == 0, process.stderr.read()
-    assert seen and seen["phase"] == "sending" and seen["rate"] >= 0
+    assert seen and seen["phase"] == "precopy" and seen["rate"] >= 0
     assert seen["step"] in ("first-pass", "pre-copy", "stop-and-copy")
     assert {"round", "throttle", "dirty_rate", "bytes_total"} <= set(seen)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

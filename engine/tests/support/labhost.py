@@ -76,12 +76,13 @@ class Host:
                 "/var/lib/ferry/receive-*.log")
 
 
-def start_vm(host: Host, tmp_path, name="m1", vcpus=1, memory=64, cmdline="fill=50 rate=max hb=100"):
+def start_vm(host: Host, tmp_path, name="m1", vcpus=1, memory=64, cmdline="fill=50 rate=max hb=100",
+             start_args=()):
     path = tmp_path / f"{name}.yaml"
     path.write_text(f"name: {name}\nvcpus: {vcpus}\nmemory: {memory}\nkernel: builtin:selfcheck\n"
                     f"cmdline: {cmdline}\n")
     host.ok("define", str(path))
-    host.ok("start", name)
+    host.ok("start", name, *start_args)
     wait_beats(host, name, 3)
 
 

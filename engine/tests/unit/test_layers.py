@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "ferry"
-LAYERS = ["errors", "layout", "kvm", "memory", "boot", "devices", "guests", "machine", "snapshot",
+LAYERS = ["errors", "inputs", "layout", "kvm", "memory", "boot", "devices", "guests", "machine", "snapshot",
           "migration", "runtime", "lab", "cli"]
 
 
