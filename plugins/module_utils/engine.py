@@ -32,10 +32,11 @@ class EngineError(Exception):
 class EngineApi(object):
     """The parts of the ``ferry`` package modules use."""
 
-    def __init__(self, host_class, error_class, validate):
+    def __init__(self, host_class, error_class, validate, seconds):
         self.Host = host_class
         self.Error = error_class
         self.validate = validate
+        self.seconds = seconds
 
 
 def _venv_site_packages(venv):
@@ -46,9 +47,10 @@ def _venv_site_packages(venv):
 
 def _import_api():
     from ferry.errors import FerryError
+    from ferry.inputs import seconds
     from ferry.runtime.definition import validate
     from ferry.runtime.host import Host
-    return EngineApi(Host, FerryError, validate)
+    return EngineApi(Host, FerryError, validate, seconds)
 
 
 def _use_site_packages(paths):
@@ -107,6 +109,10 @@ class Engine(object):
     def validate(self, values):
         """The definition the engine would store for ``values`` (a dict), or EngineError."""
         return self._call(self.api.validate, values).to_dict()
+
+    def check_seconds(self, value, field):
+        """A duration option, checked by the engine's own rule (so check mode refuses it too)."""
+        return self._call(self.api.seconds, value, field, zero=True)
 
     def get(self, name):
         return self._call(self.host.get, name)

@@ -110,6 +110,7 @@ class VmManager(object):
     # --- apply ---
 
     def apply(self):
+        self.engine.check_seconds(self.params['stop_timeout'], 'stop_timeout')
         current = self.engine.get(self.name)
         desired = self.desired_definition(current)
         steps = self.plan(current, desired)

@@ -186,6 +186,7 @@ def _summary(name: str, to: str, report) -> dict:
 def receive(host: Host, name: str, listen: str, token_file: Path, timeout: float = 600.0,
             tls: transport.TlsFiles | None = None, detach: bool = False,
             link_timeout: float = transport.LINK_TIMEOUT) -> dict:
+    host.vmdir(name)  # the name first: it becomes the staging folder's
     read_token(token_file)
     transport.parse_address(listen)
     command = [sys.executable, "-m", "ferry.runtime.vmproc", "--state-dir", str(host.root),

@@ -7,6 +7,7 @@ import copy
 
 import pytest
 
+from ferry import inputs
 from ferry.errors import Conflict, FerryError, NotFound
 from ferry.runtime.definition import validate
 
@@ -39,6 +40,7 @@ class FakeHost:
         return self.get(self.vm["name"])
 
     def get(self, name):
+        inputs.vm_name(name)  # as the real Host: every name passes the engine's one check
         return copy.deepcopy(self.vm) if self.vm and self.vm["name"] == name else None
 
     def define(self, values, replace=False):
@@ -113,7 +115,7 @@ def make_params(kernel_path, state, **changes):
 
 
 def engine_for(host):
-    return Engine(EngineApi(lambda state_dir: host, FerryError, validate))
+    return Engine(EngineApi(lambda state_dir: host, FerryError, validate, inputs.seconds))
 
 
 def apply(host, params, check_mode=False):
@@ -342,3 +344,66 @@ def test_success_reports_vm_diff_and_warnings(monkeypatch, kernel):
     assert module.result["vm"]["cmdline"] == ""
     assert set(module.result) == {"changed", "vm", "diff", "failed"}
     assert module.warnings == [f"VM '{NAME}' is running: the new cmdline takes effect when it next starts"]
+
+
+# --- hostile parameters: a clean refusal naming the parameter, nothing changed ---
+
+@pytest.mark.parametrize("name", ["../../victimB", "vm\n", "/etc", "..", "a/b"])
+@pytest.mark.parametrize("state", ["absent", "present", "running"])
+def test_hostile_names_are_refused_before_anything_changes(kernel, name, state):
+    host = FakeHost(make_vm(kernel, "stopped"))
+    with pytest.raises(EngineError, match=r"^name: .* is not a valid VM name"):
+        apply(host, make_params(kernel, state, name=name))
+    assert host.calls == []
+
+
+@pytest.mark.parametrize("check_mode", [False, True])
+@pytest.mark.parametrize("timeout", [-1, -0.5, float("nan"), float("inf")])
+def test_a_bad_stop_timeout_is_refused_also_in_check_mode(kernel, timeout, check_mode):
+    host = FakeHost(make_vm(kernel, "running"))
+    with pytest.raises(EngineError, match="^stop_timeout: "):
+        apply(host, make_params(kernel, "stopped", stop_timeout=timeout), check_mode)
+    assert host.calls == []
+
+
+def test_the_fake_host_refuses_names_as_the_real_one_does(tmp_path):
+    from ferry.runtime.host import Host
+    real, fake = Host(tmp_path), FakeHost()
+    for name in ["../../victimB", "vm\n", "ok-name"]:
+        outcomes = []
+        for host in (real, fake):
+            try:
+                outcomes.append(("value", host.get(name)))
+            except FerryError as err:
+                outcomes.append(("refused", str(err)))
+        assert outcomes[0] == outcomes[1]
+
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+PARAMS = st.fixed_dictionaries({
+    "name": st.one_of(st.just(NAME), st.text(max_size=20)),
+    "state": st.sampled_from(["present", "running", "stopped", "paused", "absent"]),
+    "vcpus": st.one_of(st.none(), st.integers(-2, 40)),
+    "memory": st.one_of(st.none(), st.integers(-4, 4096)),
+    "kernel": st.one_of(st.none(), st.just("builtin:selfcheck"), st.text(max_size=10)),
+    "initrd": st.one_of(st.none(), st.just(""), st.text(max_size=10)),
+    "cmdline": st.one_of(st.none(), st.text(max_size=30)),
+    "stop_timeout": st.one_of(st.integers(-5, 100), st.floats()),
+    "state_dir": st.none(), "engine_venv": st.none(),
+})
+
+
+@given(params=PARAMS, current=st.sampled_from([None, "stopped", "running", "paused", "crashed"]),
+       check_mode=st.booleans())
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_parameters_end_in_a_result_or_one_clean_refusal(kernel, params, current, check_mode):
+    host = FakeHost(make_vm(kernel, current) if current else None)
+    try:
+        result = apply(host, params, check_mode)
+    except EngineError as err:
+        assert "\n" not in str(err) and ":" in str(err)
+        return
+    assert isinstance(result["changed"], bool)
+    if check_mode:
+        assert host.calls == []
