@@ -104,13 +104,14 @@ class Sender:
                                       "mode": self.options.mode})
             channel.expect(Kind.ACCEPT)
             self._transfer(channel)
+            # Refused when the VM was powered off meanwhile (a cancel): then no COMMIT may go.
+            self.source.handover()
         except BaseException:
             channel.close()
             if self.prepare_sent:
                 self._tell_abort()
             self.source.resume()
             raise
-        self.source.handover()
         self._set(phase="handover")
         outcome = self._commit(channel)
         self.report.outcome = outcome

@@ -14,6 +14,7 @@ from pathlib import Path
 from ..errors import Conflict, FerryError
 from ..migration import sender, transport
 from ..migration.source_memory import SourceMemory
+from . import operations as ops
 from .control import Session
 from .host import Host
 from .outgoing import decode_sections
@@ -36,46 +37,59 @@ def parse_rate(text: str | None) -> float | None:
 class SourceVm:
     """The running VM, driven by the sender over one control connection."""
 
-    def __init__(self, session: Session, to: str):
+    def __init__(self, session: Session, vmdir, to: str):
         self.session = session
+        self.vmdir = vmdir
         self.to = to
         self.memory: SourceMemory | None = None
         self._last_progress = 0.0
 
+    def call(self, op: str, **args):
+        """One step; a step refused or cut short because the VM was powered off during the
+        migration (a cancel) says so, instead of a broken control connection."""
+        try:
+            return self.session.call(op, **args)
+        except FerryError:
+            reason = str(self.vmdir.read_migration().get("reason", ""))
+            if reason.startswith("cancelled:"):
+                raise Conflict(f"{self.vmdir.name}: migration {reason}; the VM stays on this host, "
+                               "and the destination discards what it received") from None
+            raise
+
     def begin(self, live: bool) -> None:
-        info, fds = self.session.call("migration-begin", live=live, to=self.to)
+        info, fds = self.call("migration-begin", live=live, to=self.to)
         self.memory = SourceMemory(info["size"], fd=fds[0] if fds else None, pid=info["pid"], base=info["base"])
 
     def dirty(self):
-        return [tuple(r) for r in self.session.call("migration-dirty")[0]["ranges"]]
+        return [tuple(r) for r in self.call("migration-dirty")[0]["ranges"]]
 
     def throttle(self, share: float) -> None:
-        self.session.call("migration-throttle", share=share)
+        self.call("migration-throttle", share=share)
 
     def pause(self):
-        return [tuple(r) for r in self.session.call("migration-pause")[0]["ranges"]]
+        return [tuple(r) for r in self.call("migration-pause")[0]["ranges"]]
 
     def sections(self):
-        return decode_sections(self.session.call("migration-sections")[0]["sections"])
+        return decode_sections(self.call("migration-sections")[0]["sections"])
 
     def resume(self) -> None:
         try:
-            self.session.call("migration-resume")
+            self.call("migration-resume")
         except FerryError:
             pass  # the VM process resumes by itself when this connection ends
 
     def handover(self) -> None:
-        self.session.call("migration-handover")
+        self.call("migration-handover")
 
     def finish(self, outcome: str, report: dict) -> None:
-        self.session.call("migration-finish", outcome=outcome, report=report)
+        self.call("migration-finish", outcome=outcome, report=report)
 
     def progress(self, progress: dict) -> None:
         now = time.monotonic()
         if now - self._last_progress >= PROGRESS_EVERY:
             self._last_progress = now
             try:
-                self.session.call("migration-progress", progress=progress)
+                self.call("migration-progress", progress=progress)
             except FerryError:
                 pass
 
@@ -90,14 +104,15 @@ def migrate(host: Host, name: str, to: str, token_file: Path, mode: str = "live"
     vmdir = host.existing(name)
     options = sender.Options(mode, max_downtime_ms, timeout_s, parse_rate(bandwidth), read_token(token_file))
     connect = lambda: transport.connect(to, transport_name, tls, ssh, link_timeout=link_timeout)  # noqa: E731
+    if resolve:
+        return _resolve(vmdir, connect, options, to)
+    host.check_operation("migrate", vmdir)
     if mode == "cold":
         return _cold(vmdir, connect, options, on_progress, to)
     if not vmdir.process_alive():
         raise Conflict(f"{name}: the VM is not running; use --mode cold to move a stopped VM")
-    if resolve:
-        return _resolve(vmdir, connect, options, to)
     session = Session(vmdir.socket, timeout=120)
-    source = SourceVm(session, to)
+    source = SourceVm(session, vmdir, to)
 
     def progress(values: dict) -> None:
         source.progress(values)
@@ -114,15 +129,32 @@ def migrate(host: Host, name: str, to: str, token_file: Path, mode: str = "live"
 
 def _resolve(vmdir, connect, options, to: str) -> dict:
     """Settle a migration left in doubt: ask the destination, then finish or resume here."""
+    if not vmdir.process_alive():
+        return _resolve_without_process(vmdir, connect, options, to)
     session = Session(vmdir.socket, timeout=120)
     try:
         session.call("migration-attach")
-        worker = sender.Sender(SourceVm(session, to), connect, options)
+        worker = sender.Sender(SourceVm(session, vmdir, to), connect, options)
         worker.paused_at = time.monotonic()
         outcome = worker.resolve()
         session.call("migration-finish", outcome=outcome, report={"resolved": True})
     finally:
         session.close()
+    return {"name": vmdir.name, "to": to, "outcome": outcome, "resolved": True}
+
+
+def _resolve_without_process(vmdir, connect, options, to: str) -> dict:
+    """The VM process ended during the handover (a cold migration, or it was killed): the
+    destination's answer decides whether the VM lives there now or is free to start here."""
+    if ops.phase_of(vmdir.read_migration(), False) not in ops.SETTLING:
+        raise Conflict(f"{vmdir.name}: no migration of it is waiting for its outcome")
+    worker = sender.Sender(StoppedVm(vmdir), connect, options)
+    worker.paused_at = time.monotonic()
+    outcome = worker.resolve()
+    if outcome == "committed":
+        vmdir.retire()
+    else:
+        vmdir.write_migration(phase="aborted", role="source", reason="resolved: the destination aborted")
     return {"name": vmdir.name, "to": to, "outcome": outcome, "resolved": True}
 
 

@@ -57,6 +57,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "restore": (IDLE,),
     "undefine": (IDLE,),
     "snapshot-delete": (IDLE, *MOVING, *SETTLING),
+    "migrate": (IDLE,),
     # a migration's own steps, in the order the sender takes them
     "migration-begin": (IDLE,),
     "migration-dirty": (PRECOPY,),

@@ -3,7 +3,8 @@ import secrets
 import pytest
 
 from ferry.lab import Lab
-from support.labhost import Host
+from support.faultproxy import FaultProxy
+from support.labhost import PORT, Host
 from support.requirements import check_lab
 
 
@@ -34,3 +35,18 @@ def token(tmp_path):
     return path
 
 
+
+
+@pytest.fixture
+def relay(lab, hosts):
+    """A frame-aware relay in front of the second host's receiver (see support.faultproxy)."""
+    made = []
+
+    def make(cut, hold=None):
+        proxy = FaultProxy((lab.require()["root_ipv4"], 0), (hosts[1].ipv4, PORT), cut, hold)
+        made.append(proxy)
+        return proxy, f"{lab.require()['root_ipv4']}:{proxy.port}"
+
+    yield make
+    for proxy in made:
+        proxy.close()

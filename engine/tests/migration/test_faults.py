@@ -5,33 +5,15 @@ lands exactly at the first pass, a round, the final copy or the handover);
 process kills and refusals are the real thing.
 """
 
-import json
 import signal
-import time
 
 import pytest
 
 from ferry.migration.protocol import Kind
-from support.labhost import PORT, exactly_one_copy, migrate, receive, start_vm
-
-from support.faultproxy import FaultProxy
+from support.labhost import PORT, exactly_one_copy, migrate, receive, start_migration, start_vm, wait_progress
 
 pytestmark = [pytest.mark.kvm, pytest.mark.lab]
 BUSY = "fill=60 rate=max hb=100"
-
-
-@pytest.fixture
-def relay(lab, hosts):
-    made = []
-
-    def make(cut, hold=None):
-        proxy = FaultProxy((lab.require()["root_ipv4"], 0), (hosts[1].ipv4, PORT), cut, hold)
-        made.append(proxy)
-        return proxy, f"{lab.require()['root_ipv4']}:{proxy.port}"
-
-    yield make
-    for proxy in made:
-        proxy.close()
 
 
 CUTS = {
@@ -61,30 +43,14 @@ def test_link_cut(hosts, tmp_path, token, relay, where):
         exactly_one_copy(h2, h1)
 
 
-def _start_migration(h1, to, token, *extra):
-    return h1.popen("migrate", "m1", "--to", to, "--token-file", str(token), "--link-timeout", "5", *extra)
-
-
-def _wait_progress(process, phase: str, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        progress = json.loads(line).get("progress", {})
-        if progress.get("phase") == phase and progress.get("bytes_sent", 0) > 4 * 2**20:
-            return progress
-    raise AssertionError(f"migration never reached {phase}: {process.stderr.read()[-500:]}")
-
-
 @pytest.mark.parametrize("victim", ["receiver", "sender"])
 def test_killed_mid_transfer(hosts, tmp_path, token, lab, victim):
     h1, h2 = hosts
     start_vm(h1, tmp_path, memory=128, cmdline=BUSY)
     lab.link(h2.name, rate="100mbit")
     arrival = receive(h2, token)
-    process = _start_migration(h1, f"{h2.ipv4}:{PORT}", token)
-    _wait_progress(process, "first-pass")
+    process = start_migration(h1, f"{h2.ipv4}:{PORT}", token)
+    wait_progress(process, "first-pass")
     if victim == "receiver":
         h2.lab.exec(h2.name, ["kill", "-9", str(arrival["pid"])])
         assert process.wait(60) != 0
@@ -136,7 +102,7 @@ def test_sender_killed_during_handover_is_resolved_later(hosts, tmp_path, token,
     receive(h2, token)
     hold = threading.Event()
     proxy, address = relay(("out", Kind.COMMIT, 0), hold)
-    process = _start_migration(h1, address, token)
+    process = start_migration(h1, address, token)
     assert proxy.reached.wait(60), "the migration never reached its handover"
     process.send_signal(signal.SIGKILL)
     process.wait(10)

@@ -145,3 +145,20 @@ def exactly_one_copy(running_on: Host, other: Host, name="m1", cpus=(0,)) -> Non
     wait_beats(running_on, name, count + 3)
     for cpu in cpus:
         assert_sequence_continues(beats([running_on, other], name, cpu))
+
+
+def start_migration(h1, to, token, *extra):
+    """``ferry migrate`` running in the background, its JSON progress lines on stdout."""
+    return h1.popen("migrate", "m1", "--to", to, "--token-file", str(token), "--link-timeout", "5", *extra)
+
+
+def wait_progress(process, phase: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        progress = json.loads(line).get("progress", {})
+        if progress.get("phase") == phase and progress.get("bytes_sent", 0) > 4 * 2**20:
+            return progress
+    raise AssertionError(f"migration never reached {phase}: {process.stderr.read()[-500:]}")
