@@ -18,17 +18,6 @@ def test_live_migration_of_a_busy_guest(hosts, tmp_path, token):
     assert h2.ok("status", "m1")["state"] == "running"
 
 
-def test_twenty_ping_pong_migrations(hosts, tmp_path, token):
-    h1, h2 = hosts
-    start_vm(h1, tmp_path)
-    here, there = h1, h2
-    for _ in range(20):
-        receive(there, token)
-        migrate(here, f"{there.ipv4}:{PORT}", token)
-        here, there = there, here
-    exactly_one_copy(here, there)
-
-
 def test_two_vcpus_migrate(hosts, tmp_path, token):
     h1, h2 = hosts
     start_vm(h1, tmp_path, vcpus=2)
