@@ -240,7 +240,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def receive_main(args) -> int:
-    """Wait for NAME to arrive; on commit, go on as its VM process."""
+    """Wait for NAME to arrive; on commit, go on as its VM process.
+
+    Short of a commit the staging folder goes, whatever ended the wait: no
+    listener, no migration in time, a failed one, an unexpected error, SIGTERM.
+    """
     from ..migration.receiver import Receiver
     from ..migration.transport import Listener, TlsFiles
     from .incoming import Incoming
@@ -255,22 +259,30 @@ def receive_main(args) -> int:
         incoming.staging.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         if incoming.staging.hold_lock() is None:
             raise FerryError(f"{args.name}: another receiver is already waiting for it")
-        listener = Listener(args.incoming, TlsFiles(args.tls_cert, args.tls_key, args.tls_ca), args.link_timeout)
     except FerryError as err:
         _detach_stdio(stdout, f"error: {err}")
         return 1
-    log(f"waiting for {args.name} on {args.incoming} (port {listener.port})")
-    _detach_stdio(stdout, f"listening {listener.port}")
-    receiver = Receiver(listener, token, incoming, args.accept_timeout)
+    # SystemExit, unlike the default action, runs the clean-up below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    outcome, listening = "aborted", False
     try:
-        outcome = receiver.run()
-    except FerryError as err:
-        log(f"no migration: {err}")
-        outcome = "aborted"
+        listener = Listener(args.incoming, TlsFiles(args.tls_cert, args.tls_key, args.tls_ca), args.link_timeout)
+        log(f"waiting for {args.name} on {args.incoming} (port {listener.port})")
+        _detach_stdio(stdout, f"listening {listener.port}")
+        listening = True
+        outcome = Receiver(listener, token, incoming, args.accept_timeout).run()
+    except Exception as err:
+        message = str(err) if isinstance(err, FerryError) else f"{type(err).__name__}: {err}"
+        if listening:
+            log(f"no migration: {message}")
+        else:
+            _detach_stdio(stdout, f"error: {message}")
+    finally:
+        if outcome != "committed":
+            shutil.rmtree(incoming.staging.path, ignore_errors=True)
     if outcome != "committed":
-        shutil.rmtree(incoming.staging.path, ignore_errors=True)
-        listener.close()
         return 1
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if incoming.process is None:
         return 0
     return incoming.process.run()
