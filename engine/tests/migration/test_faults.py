@@ -101,6 +101,7 @@ def test_wrong_token_is_refused_and_the_receiver_keeps_waiting(hosts, tmp_path, 
     receive(h2, token)
     wrong = tmp_path / "wrong"
     wrong.write_text("x" * 64)
+    wrong.chmod(0o600)
     refused = migrate(h1, f"{h2.ipv4}:{PORT}", wrong, expect_ok=False)
     assert refused.returncode != 0 and "wrong token" in refused.stderr
     assert h1.ok("status", "m1")["state"] == "running"
