@@ -23,6 +23,7 @@ from .transport import Channel, LinkError, Listener
 
 RESOLVE_TIMEOUT = 60.0
 ANSWER_GRACE = 60.0
+MAX_STATE = 64 * 1024 * 1024  # all state sections together; a VM's take a few hundred KiB
 
 
 class OfferRefused(FerryError):
@@ -141,6 +142,7 @@ class Receiver:
 
     def _receive(self, channel: Channel, definition: dict, memory):
         sections: dict[str, Section] = {}
+        state_bytes = 0
         size = memory.size if memory else 0
         self.digests = ChunkDigests(size, lambda start, length: memory.view[start:start + length])
         while True:
@@ -155,6 +157,9 @@ class Receiver:
                 memory.zero(frame.a, frame.b)
                 self.digests.moved(frame.a, frame.a + frame.b)
             elif frame.kind is Kind.SECTION:
+                state_bytes += frame.b
+                if state_bytes > MAX_STATE:
+                    return self._fail(channel, f"state sections: more than {MAX_STATE} bytes in all")
                 head, data = channel.recv_section(frame)
                 if fmt.digest(data) != head["checksum"]:
                     return self._fail(channel, f"section {head['name']}: checksum mismatch in transit")

@@ -17,6 +17,7 @@ from ferry.migration.gate import HANDSHAKE_TIMEOUT
 from ferry.migration.protocol import Kind, PeerFailed
 from ferry.migration.sender import handshake
 from ferry.runtime.host import Host
+from ferry.snapshot import format as fmt
 from support.cli import Ferry
 
 pytestmark = pytest.mark.kvm
@@ -77,6 +78,16 @@ class Ends:
         os.kill(self.receiver["pid"], 0)
         socket.create_connection(("127.0.0.1", self.port), timeout=5).close()
         assert self.staged() == ["vm.lock"], self.staged()
+
+    def assert_gone(self, name="m1"):
+        """The receiver ended without a VM and took its staging folder with it."""
+        folder = self.destination.state_dir / "incoming" / name
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and folder.exists():
+            time.sleep(0.1)
+        assert not folder.exists(), f"staging left behind: {sorted(p.name for p in folder.iterdir())}"
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", self.port), timeout=5).close()
 
     def assert_arrived(self, name="m1"):
         done = self.migrate(name)
@@ -259,7 +270,53 @@ def test_a_second_authenticated_offer_is_refused_busy(ends):
 def test_a_terminated_receiver_leaves_nothing_staged(ends):
     ends.receive()
     os.kill(ends.receiver["pid"], 15)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and (ends.destination.state_dir / "incoming" / "m1").exists():
-        time.sleep(0.1)
-    assert not (ends.destination.state_dir / "incoming" / "m1").exists(), "staging left behind"
+    ends.assert_gone()
+
+
+MEMORY = 64 << 20
+IN_TRANSFER = [
+    (frame(Kind.MEM, a=MEMORY - 4096, b=8192), "memory range 0x3fff000+0x2000 is outside the VM's 0x4000000 bytes"),
+    (frame(Kind.MEM, a=2**64 - 1, b=1), "is outside the VM's"),
+    (frame(Kind.ZERO, a=0, b=0), "memory range 0x0+0x0 is outside"),
+    (frame(Kind.SECTION, a=40, b=2**40), "SECTION: 1099511627776 bytes of data, at most 16777216 allowed"),
+    (message(Kind.SECTION, {"name": "cpu", "checksum": "../x"}), "SECTION checksum: expected lowercase hex"),
+    (message(Kind.ROUND, {"round": -1}), "ROUND round: -1 is out of range"),
+    (message(Kind.PREPARE, {"chunks": "all"}), "PREPARE chunks: expected a list"),
+    (message(Kind.HELLO, {"versions": [1, 1]}), "unexpected HELLO while receiving"),
+    (bytes([99]) + bytes(23), "unknown frame type 99"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(IN_TRANSFER)))
+def test_a_bad_frame_during_the_transfer_aborts_and_leaves_nothing_staged(ends, case):
+    data, reason = IN_TRANSFER[case]
+    ends.receive()
+    channel = transport.connect(ends.address, link_timeout=5)
+    try:
+        handshake(channel, ends.token.read_bytes().strip())
+        channel.send(Kind.OFFER, {"definition": GOOD, "memory": MEMORY})
+        channel.expect(Kind.ACCEPT)
+        channel.conn.sendall(data)
+        assert ends.logged("migration failed: ", reason, wait=15), ends.log()
+    finally:
+        channel.close()
+    ends.assert_gone()
+
+
+def test_state_sections_are_bounded_in_all(ends):
+    ends.receive()
+    data = bytes(16 << 20)
+    head = json.dumps({"name": "", "checksum": fmt.digest(data)})
+    channel = transport.connect(ends.address, link_timeout=5)
+    try:
+        handshake(channel, ends.token.read_bytes().strip())
+        channel.send(Kind.OFFER, {"definition": GOOD, "memory": MEMORY})
+        channel.expect(Kind.ACCEPT)
+        for index in range(4):
+            channel.send_section(f"s{index}", 1, fmt.digest(data), data)
+        channel.conn.sendall(frame(Kind.SECTION, head.encode(), b=len(data)))
+        with pytest.raises(PeerFailed, match="state sections: more than 67108864 bytes in all"):
+            channel.expect(Kind.PREPARED)
+    finally:
+        channel.close()
+    ends.assert_gone()
