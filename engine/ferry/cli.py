@@ -20,10 +20,17 @@ FEATURES = ("ferry.runtime.commands", "ferry.runtime.snapshot_commands", "ferry.
             "ferry.lab.cli")
 
 
+class Parser(argparse.ArgumentParser):
+    """A bad command line is one line too, naming the argument, not a usage dump."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(prog="ferry", description="Ferry hypervisor engine")
+    parser = Parser(prog="ferry", description="Ferry hypervisor engine")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in FEATURES:

@@ -3,109 +3,146 @@
 ``target`` is the destination host as the receiver needs it
 (``runtime.incoming`` implements it): ``check_offer``, ``create_memory``,
 ``build`` (a paused machine from memory and sections), ``commit`` (record
-the phase durably, then run), ``discard``, ``log``.
+the phase durably, then run), ``discard`` (drop whatever is staged),
+``log``, and ``name``.
 """
 
 from __future__ import annotations
 
-import secrets
+import queue
 import threading
 import time
 
-from .. import __version__
 from ..errors import FerryError
 from ..machine.state import Section
 from ..snapshot import format as fmt
-from . import protocol
 from ..snapshot.digests import ChunkDigests
+from .gate import Gate, tell_refusal
 from .protocol import Kind, ProtocolError
-from .transport import Channel, HandshakeFailed, LinkError, Listener
+from .transport import Channel, LinkError, Listener
 
 RESOLVE_TIMEOUT = 60.0
 ANSWER_GRACE = 60.0
+MAX_STATE = 64 * 1024 * 1024  # all state sections together; a VM's take a few hundred KiB
 
 
-class AuthFailed(ProtocolError):
-    pass
-
-
-def answer_handshake(channel: Channel, token: bytes) -> None:
-    _, hello = channel.expect(Kind.HELLO)
-    try:
-        version = protocol.choose_version(hello.get("versions"))
-    except ProtocolError as err:
-        channel.send(Kind.REFUSE, {"reason": str(err)})
-        raise
-    mine = secrets.token_hex(16)
-    channel.send(Kind.HELLO, {"version": version, "engine": __version__, "caps": list(protocol.CAPABILITIES),
-                              "nonce": mine})
-    _, auth = channel.expect(Kind.AUTH)
-    their = auth.get("nonce")
-    if not isinstance(their, str) or not protocol.proof_ok(protocol.proof(token, "source", mine, their),
-                                                           auth.get("proof")):
-        channel.send(Kind.AUTH_FAIL, {"reason": "wrong token"})
-        raise AuthFailed("a peer failed to prove the migration token")
-    channel.send(Kind.AUTH_OK, {"proof": protocol.proof(token, "destination", their, mine)})
+class OfferRefused(FerryError):
+    """The source was told REFUSE; the receiver waits for another offer."""
 
 
 class Receiver:
+    """One VM arrives here, from the one source that offers it first.
+
+    States: ``waiting`` (an OFFER is taken), ``receiving`` (another OFFER is
+    refused busy), ``prepared`` (the source's QUERY or ABORT settles it),
+    ``committed`` or ``aborted`` (a QUERY hears which).
+    """
+
     def __init__(self, listener: Listener, token: bytes, target, accept_timeout: float):
-        self.listener = listener
-        self.token = token
         self.target = target
+        self.accept_timeout = accept_timeout
         self.deadline = time.monotonic() + accept_timeout
         self.state = "waiting"
+        self.lock = threading.Lock()
+        self.arrivals: queue.Queue = queue.Queue()
+        self.gate = Gate(listener, token, target.log, self._arrived)
 
     def run(self) -> str:
         """Wait for a migration and take it; 'committed' once the VM runs here."""
-        while True:
-            channel = self._authenticated(self.deadline)
-            try:
-                kind, message = channel.expect(Kind.OFFER, Kind.QUERY)
-                if kind is Kind.QUERY:
-                    channel.send(Kind.OUTCOME, {"state": "aborted"})
+        self.gate.start()
+        try:
+            while True:
+                channel, kind, offer = self._next_arrival()
+                if kind is not Kind.OFFER:  # a QUERY that came in while a refused offer was checked
+                    self._answer(channel, kind, "waiting")
                     continue
-                return self._take(channel, message)
-            except (ProtocolError, FerryError, OSError) as err:
-                self.target.log(f"migration failed: {err}")
-                self.state = "aborted"
-                return "aborted"
-            finally:
-                channel.close()
+                outcome = self._take(channel, offer)
+                if outcome != "refused":
+                    return outcome
+        finally:
+            if self.state != "committed":
+                self.gate.close()
 
-    def _authenticated(self, deadline: float) -> Channel:
-        while True:
-            try:
-                channel, peer = self.listener.accept(max(deadline - time.monotonic(), 0.01))
-            except HandshakeFailed as err:
-                self.target.log(f"refused a connection: {err}")
-                continue
-            try:
-                answer_handshake(channel, self.token)
-                return channel
-            except (ProtocolError, OSError) as err:
-                self.target.log(f"refused a connection from {peer}: {err}")
-                channel.close()
+    def _next_arrival(self) -> tuple[Channel, Kind, dict]:
+        try:
+            return self.arrivals.get(timeout=max(self.deadline - time.monotonic(), 0))
+        except queue.Empty:
+            raise LinkError(f"no migration arrived within {self.accept_timeout:.0f} s") from None
+
+    def _arrived(self, channel: Channel, kind: Kind, message: dict) -> None:
+        """An authenticated peer's first message (in its own thread): hand it over, or answer it here."""
+        with self.lock:
+            state = self.state
+            if kind is Kind.OFFER and state == "waiting":
+                self.state = "receiving"
+            if (kind is Kind.OFFER and state == "waiting") or (
+                    kind is not Kind.OFFER and state in ("receiving", "prepared")):
+                self.arrivals.put((channel, kind, message))
+                return
+        self._answer(channel, kind, state)
+
+    def _answer(self, channel: Channel, kind: Kind, state: str) -> None:
+        """What the main thread does not take: a QUERY hears the outcome, an OFFER why not."""
+        try:
+            if kind is Kind.QUERY:
+                channel.send(Kind.OUTCOME, {"state": "committed" if state == "committed" else "aborted"})
+            elif kind is Kind.OFFER:
+                tell_refusal(channel, self._why_not(state))
+        except LinkError:
+            pass
+        finally:
+            channel.close()
+
+    def _why_not(self, state: str) -> str:
+        name = self.target.name
+        if state == "committed":
+            return f"{name} already arrived here"
+        if state == "aborted":
+            return f"this receiver is ending: its migration of {name} was aborted"
+        return f"busy: {name} is being received from another source"
 
     def _take(self, channel: Channel, offer: dict) -> str:
         try:
-            self.target.check_offer(offer["definition"], offer["memory"], offer.get("mode", "live"))
+            memory = self._accept(channel, offer)
+            return self._transfer(channel, offer, memory)
+        except OfferRefused:
+            return "refused"
+        except Exception as err:  # whatever went wrong, the receiver ends cleanly
+            self.target.log(f"migration failed: {err}")
+            self.state = "aborted"
+            return "aborted"
+        finally:
+            channel.close()
+
+    def _accept(self, channel: Channel, offer: dict):
+        """ACCEPT and the RAM for the VM; a refused offer leaves nothing staged and the receiver waits on."""
+        try:
+            self.target.check_offer(offer["definition"], offer["memory"], offer["mode"])
             memory = self.target.create_memory(offer["memory"])
-        except FerryError as err:
-            channel.send(Kind.REFUSE, {"reason": str(err)})
-            raise
+        except Exception as err:  # a bad definition may fail in many ways: each is a refusal
+            reason = str(err) if isinstance(err, FerryError) else f"cannot take this VM: {type(err).__name__}: {err}"
+            self.target.discard()
+            self.target.log(f"refused an offer: {reason}")
+            tell_refusal(channel, reason)
+            with self.lock:
+                self.state = "waiting"
+            raise OfferRefused(reason) from None
         channel.send(Kind.ACCEPT)
-        self.state = "receiving"
+        return memory
+
+    def _transfer(self, channel: Channel, offer: dict, memory) -> str:
         try:
             machine = self._receive(channel, offer["definition"], memory)
         except BaseException:
-            self.target.discard(memory)
+            self.target.discard()
             raise
-        self.state = "prepared"
+        with self.lock:
+            self.state = "prepared"
         return self._await_commit(channel, machine, offer["definition"])
 
     def _receive(self, channel: Channel, definition: dict, memory):
         sections: dict[str, Section] = {}
+        state_bytes = 0
         size = memory.size if memory else 0
         self.digests = ChunkDigests(size, lambda start, length: memory.view[start:start + length])
         while True:
@@ -120,10 +157,12 @@ class Receiver:
                 memory.zero(frame.a, frame.b)
                 self.digests.moved(frame.a, frame.a + frame.b)
             elif frame.kind is Kind.SECTION:
-                head = protocol.decode(channel.recv_exact(frame.a))
-                data = channel.recv_exact(frame.b)
-                if fmt.digest(data) != head.get("checksum"):
-                    return self._fail(channel, f"section {head.get('name')}: checksum mismatch in transit")
+                state_bytes += frame.b
+                if state_bytes > MAX_STATE:
+                    return self._fail(channel, f"state sections: more than {MAX_STATE} bytes in all")
+                head, data = channel.recv_section(frame)
+                if fmt.digest(data) != head["checksum"]:
+                    return self._fail(channel, f"section {head['name']}: checksum mismatch in transit")
                 sections[head["name"]] = Section(head["name"], frame.aux, data)
             elif frame.kind is Kind.ROUND:
                 channel.recv_message(frame)
@@ -134,7 +173,7 @@ class Receiver:
                 raise ProtocolError(f"unexpected {frame.kind.name} while receiving")
 
     def _prepare(self, channel: Channel, message: dict, definition: dict, memory, sections):
-        wanted = message.get("chunks", [])
+        wanted = message["chunks"]
         have = self.digests.refresh()
         for index, (want, got) in enumerate(zip(wanted, have)):
             if want != got:
@@ -157,58 +196,55 @@ class Receiver:
         try:
             channel.expect(Kind.COMMIT)
             return self._commit(channel, machine, definition)
-        except (LinkError, ProtocolError) as err:
+        except ProtocolError as err:
             self.target.log(f"link lost after PREPARED ({err}); waiting for the source to resolve")
-        while time.monotonic() < deadline:
+        while True:
             try:
-                query = self._authenticated(deadline)
-            except LinkError:
+                query, kind, _ = self.arrivals.get(timeout=max(deadline - time.monotonic(), 0))
+            except queue.Empty:
+                break
+            if kind is Kind.ABORT:
+                query.close()
                 break
             try:
-                kind, _ = query.expect(Kind.QUERY, Kind.ABORT)
-                if kind is Kind.ABORT:
-                    break
                 query.send(Kind.OUTCOME, {"state": "prepared"})
                 query.expect(Kind.COMMIT)
                 return self._commit(query, machine, definition)
-            except (LinkError, ProtocolError) as err:
+            except ProtocolError as err:
                 self.target.log(f"resolution attempt failed: {err}")
             finally:
                 query.close()
         self.state = "aborted"
         self.target.log("no COMMIT from the source: migration aborted, nothing runs here")
-        self.listener.close()
-        self.target.discard(machine)
+        self.gate.close()
+        self.target.discard()
         return "aborted"
 
     def _commit(self, channel: Channel, machine, definition: dict) -> str:
         self.target.commit(machine, definition)
-        self.state = "committed"
+        with self.lock:
+            self.state = "committed"
         try:
             channel.send(Kind.DONE)
         except LinkError:
             pass  # the source will ask, and hear "committed"
-        threading.Thread(target=self._answer_queries, daemon=True, name="outcome").start()
+        self._answer_queued()
+        # For a while the gate stays open, so that a source in doubt hears it is done.
+        closer = threading.Timer(ANSWER_GRACE, self.gate.close)
+        closer.daemon = True
+        closer.start()
         return "committed"
 
-    def _answer_queries(self) -> None:
-        """For a while after committing, tell a source in doubt that it is done."""
-        deadline = time.monotonic() + ANSWER_GRACE
-        while time.monotonic() < deadline:
+    def _answer_queued(self) -> None:
+        """Queries that came in while this one committed."""
+        while True:
             try:
-                channel = self._authenticated(deadline)
-            except (LinkError, OSError):
-                break
-            try:
-                channel.expect(Kind.QUERY)
-                channel.send(Kind.OUTCOME, {"state": self.state})
-            except (LinkError, ProtocolError):
-                pass
-            finally:
-                channel.close()
-        self.listener.close()
+                query, kind, _ = self.arrivals.get_nowait()
+            except queue.Empty:
+                return
+            self._answer(query, kind, "committed")
 
 
 def _check_range(offset: int, length: int, size: int) -> None:
-    if offset < 0 or length < 0 or offset + length > size:
+    if length == 0 or offset + length > size:
         raise ProtocolError(f"memory range {offset:#x}+{length:#x} is outside the VM's {size:#x} bytes")

@@ -74,8 +74,9 @@ def handshake(channel: Channel, token: bytes) -> dict:
     mine = secrets.token_hex(16)
     channel.send(Kind.AUTH, {"nonce": mine, "proof": protocol.proof(token, "source", hello["nonce"], mine)})
     _, answer = channel.expect(Kind.AUTH_OK)
-    if not protocol.proof_ok(protocol.proof(token, "destination", mine, hello["nonce"]), answer.get("proof")):
+    if not protocol.proof_ok(protocol.proof(token, "destination", mine, hello["nonce"]), answer["proof"]):
         raise ProtocolError("the destination could not prove the token: refusing to send the VM")
+    channel.authenticated()
     return hello
 
 

@@ -13,7 +13,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import protocol
+from . import messages, protocol
 from .protocol import Frame, Kind, PeerFailed, ProtocolError
 
 LINK_TIMEOUT = 30.0  # a link that moves nothing for this long is taken as cut
@@ -52,13 +52,21 @@ class SshOptions:
 
 
 class Channel:
-    def __init__(self, conn, plain_socket: bool, link_timeout: float = LINK_TIMEOUT):
+    """``reads`` is the schema table of what this end receives (``messages.TO_SOURCE`` or
+    ``TO_DESTINATION``); messages are capped at PRE_AUTH_MAX until ``authenticated``."""
+
+    def __init__(self, conn, plain_socket: bool, reads: dict, link_timeout: float = LINK_TIMEOUT):
         self.conn = conn
         self.plain = plain_socket
+        self.reads = reads
+        self.limit = messages.PRE_AUTH_MAX
         self.link_timeout = link_timeout
         conn.settimeout(link_timeout)
         self.sent = 0
         self.received = 0
+
+    def authenticated(self) -> None:
+        self.limit = messages.POST_AUTH_MAX
 
     # --- sending ---
 
@@ -108,20 +116,26 @@ class Channel:
     # --- receiving ---
 
     def recv_frame(self) -> Frame:
-        return protocol.unpack(self.recv_exact(protocol.HEADER.size))
+        """The next frame header, refused before its payload is read if its kind or sizes are not allowed."""
+        frame = protocol.unpack(self.recv_exact(protocol.HEADER.size))
+        messages.check_header(frame, self.reads, self.limit)
+        return frame
 
     def recv_message(self, frame: Frame) -> dict:
-        if frame.a > protocol.MAX_JSON:
-            raise ProtocolError(f"{frame.kind.name}: message of {frame.a} bytes is too large")
-        return protocol.decode(self.recv_exact(frame.a))
+        return messages.read(self.reads, frame.kind, self.recv_exact(frame.a))
+
+    def recv_section(self, frame: Frame) -> tuple[dict, bytes]:
+        """A SECTION's checked JSON head (name, checksum) and its data."""
+        return self.recv_message(frame), self.recv_exact(frame.b)
 
     def expect(self, *kinds: Kind) -> tuple[Kind, dict]:
         frame = self.recv_frame()
-        message = self.recv_message(frame) if frame.kind not in (Kind.MEM, Kind.ZERO, Kind.SECTION) else {}
-        if frame.kind in (Kind.REFUSE, Kind.FAIL, Kind.AUTH_FAIL) and frame.kind not in kinds:
-            raise PeerFailed(f"destination: {message.get('reason', frame.kind.name)}")
-        if frame.kind not in kinds:
+        refusal = frame.kind in (Kind.REFUSE, Kind.FAIL, Kind.AUTH_FAIL)
+        if frame.kind not in kinds and not refusal:
             raise ProtocolError(f"expected {'/'.join(k.name for k in kinds)}, got {frame.kind.name}")
+        message = self.recv_message(frame)
+        if frame.kind not in kinds:
+            raise PeerFailed(f"destination: {message['reason'] or frame.kind.name}")
         return frame.kind, message
 
     def recv_exact(self, length: int) -> bytes:
@@ -168,20 +182,18 @@ def connect(address: str, transport: str = "tcp", tls: TlsFiles | None = None,
             ssh: SshOptions | None = None, timeout: float = 10.0,
             link_timeout: float = LINK_TIMEOUT) -> Channel:
     host, port = parse_address(address)
+    reads = messages.TO_SOURCE
     if transport == "tcp":
-        return Channel(_tcp_connect(host, port, timeout), plain_socket=True, link_timeout=link_timeout)
+        return Channel(_tcp_connect(host, port, timeout), True, reads, link_timeout)
     if transport == "tls":
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls and tls.ca)
-        if tls and tls.cert:
-            context.load_cert_chain(tls.cert, tls.key)
+        context = tls_context(ssl.Purpose.SERVER_AUTH, tls or TlsFiles())
         try:
             conn = context.wrap_socket(_tcp_connect(host, port, timeout), server_hostname=host)
         except (ssl.SSLError, OSError) as err:
             raise LinkError(f"TLS with {host}:{port}: {err}") from None
-        return Channel(conn, plain_socket=False, link_timeout=link_timeout)
+        return Channel(conn, False, reads, link_timeout)
     if transport == "ssh":
-        return Channel(_ssh_channel(host, port, ssh or SshOptions(), timeout), plain_socket=False,
-                       link_timeout=link_timeout)
+        return Channel(_ssh_channel(host, port, ssh or SshOptions(), timeout), False, reads, link_timeout)
     raise ProtocolError(f"transport: {transport!r} is not one of tcp, tls, ssh")
 
 
@@ -206,9 +218,59 @@ def _ssh_channel(host: str, port: int, options: SshOptions, timeout: float):
     return channel
 
 
+def tls_context(purpose: ssl.Purpose, tls: TlsFiles) -> ssl.SSLContext:
+    """A TLS context from the given files; any problem with one is a line naming its option."""
+    for option, path in (("tls-cert", tls.cert), ("tls-key", tls.key), ("tls-ca", tls.ca)):
+        if path is not None:
+            _readable(option, path)
+    try:
+        context = ssl.create_default_context(purpose, cafile=tls.ca)
+    except ssl.SSLError:
+        raise ProtocolError(f"tls-ca: {tls.ca} holds no PEM certificate") from None
+    if tls.key and not tls.cert:
+        raise ProtocolError("tls-key: given without --tls-cert")
+    if tls.cert:
+        try:
+            context.load_cert_chain(tls.cert, tls.key)
+        except ssl.SSLError as err:
+            raise ProtocolError(_cert_problem(tls, err)) from None
+    return context
+
+
+def _readable(option: str, path: Path) -> None:
+    try:
+        Path(path).read_bytes()
+    except OSError as err:
+        raise ProtocolError(f"{option}: cannot read {path}: {err.strerror}") from None
+
+
+def _cert_problem(tls: TlsFiles, err: ssl.SSLError) -> str:
+    """Which of the two files ``load_cert_chain`` refused, told from their content."""
+    if b"-----BEGIN CERTIFICATE-----" not in Path(tls.cert).read_bytes():
+        return f"tls-cert: {tls.cert} holds no PEM certificate"
+    key = tls.key or tls.cert
+    if b"PRIVATE KEY-----" not in Path(key).read_bytes():
+        return f"tls-key: {key} holds no PEM private key"
+    if "KEY_VALUES_MISMATCH" in str(err):
+        return f"tls-key: {key} does not match the certificate in {tls.cert}"
+    return f"tls-cert: {tls.cert}: {err.reason or err}"
+
+
 class Listener:
+    """The listening socket of a receiver; ``accept`` hands out raw connections at once,
+    ``channel`` does the (slow, peer-paced) TLS handshake, in the caller's thread."""
+
+    BACKLOG = 128
+
     def __init__(self, address: str, tls: TlsFiles | None = None, link_timeout: float = LINK_TIMEOUT):
         self.link_timeout = link_timeout
+        self.context = None
+        if tls and (tls.key or tls.ca) and not tls.cert:
+            raise ProtocolError("tls-cert: required on the receiver when --tls-key or --tls-ca is given")
+        if tls and tls.cert:
+            self.context = tls_context(ssl.Purpose.CLIENT_AUTH, tls)
+            if not tls.ca:
+                self.context.verify_mode = ssl.CERT_NONE
         host, port = parse_address(address, default_host="::")
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
@@ -220,30 +282,29 @@ class Listener:
         except OSError as err:
             self.sock.close()
             raise ProtocolError(f"listen on {address}: {err.strerror}") from None
-        self.sock.listen(4)
+        self.sock.listen(self.BACKLOG)
         self.port = self.sock.getsockname()[1]
-        self.context = None
-        if tls and tls.cert:
-            self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=tls.ca)
-            self.context.load_cert_chain(tls.cert, tls.key)
-            if not tls.ca:
-                self.context.verify_mode = ssl.CERT_NONE
 
-    def accept(self, timeout: float) -> tuple[Channel, str]:
-        self.sock.settimeout(timeout)
-        try:
-            conn, peer = self.sock.accept()
-        except socket.timeout:
-            raise LinkError(f"no migration arrived within {timeout:.0f} s") from None
+    def accept(self) -> tuple[socket.socket, str]:
+        """The next connection; OSError once the listener is closed."""
+        conn, peer = self.sock.accept()
+        return conn, peer[0]
+
+    def channel(self, conn: socket.socket, peer: str) -> Channel:
         conn.settimeout(self.link_timeout)
-        if self.context is not None:
-            try:
-                conn = self.context.wrap_socket(conn, server_side=True)
-            except (ssl.SSLError, OSError) as err:
-                conn.close()
-                raise HandshakeFailed(f"TLS from {peer[0]}: {err}") from None
-            return Channel(conn, plain_socket=False, link_timeout=self.link_timeout), peer[0]
-        return Channel(conn, plain_socket=True, link_timeout=self.link_timeout), peer[0]
+        if self.context is None:
+            return Channel(conn, True, messages.TO_DESTINATION, self.link_timeout)
+        try:
+            conn = self.context.wrap_socket(conn, server_side=True)
+        except (ssl.SSLError, OSError) as err:
+            conn.close()
+            raise HandshakeFailed(f"TLS from {peer}: {err}") from None
+        return Channel(conn, False, messages.TO_DESTINATION, self.link_timeout)
 
     def close(self) -> None:
+        """Stop listening; a thread blocked in ``accept`` wakes with an OSError."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()

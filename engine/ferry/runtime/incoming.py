@@ -2,8 +2,9 @@
 
 It stages everything in ``STATE_DIR/incoming/NAME``; on COMMIT it records
 the phase, moves the folder to ``vms/NAME`` in one rename and starts the
-vCPUs, then goes on as that VM's process. Anything short of COMMIT removes
-the staging folder: nothing of the VM is left on this host.
+vCPUs, then goes on as that VM's process. A refused offer leaves nothing staged;
+anything else short of COMMIT removes the staging folder: nothing of the
+VM is left on this host.
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ class Incoming:
             raise Conflict(f"name: this receiver waits for {self.name!r}, the source sent {definition.name!r}")
         if self.final.exists():
             raise Conflict(f"name: a VM named {self.name!r} is already defined on this host")
+        expected = 0 if mode == "cold" else definition.memory * 2**20
+        if memory != expected:
+            raise FerryError(f"memory: the offer is for {memory} bytes, a {mode} migration of this "
+                             f"definition carries {expected}")
         need = memory // 2**20 + MEMORY_MARGIN_MIB
         if mode != "cold" and available_mib() < need:
             raise FerryError(f"out of memory: this host has {available_mib()} MiB available, "
@@ -92,11 +97,20 @@ class Incoming:
         self.process.adopt(machine, self.final)
         self.log("migration committed: the VM runs here")
 
-    def discard(self, thing) -> None:
+    def discard(self) -> None:
+        """Drop what an offer staged (its definition, RAM, machine, console log); the folder
+        and its lock stay, as long as this process waits."""
         if self.process is not None:
             self.process.server.close()
         if self.machine is not None:
             self.machine.close()
-        elif isinstance(thing, GuestMemory):
-            thing.close()
-        shutil.rmtree(self.staging.path, ignore_errors=True)
+        if self.console is not None:
+            self.console.handle.close()
+        self.definition = self.console = self.machine = self.process = None
+        for entry in self.staging.path.iterdir():
+            if entry == self.staging.lock_file:
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)

@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict
 import re
 import select
+import ssl
 import subprocess
 import sys
 import time
@@ -101,8 +102,10 @@ def migrate(host: Host, name: str, to: str, token_file: Path, mode: str = "live"
             link_timeout: float = transport.LINK_TIMEOUT, resolve: bool = False) -> dict:
     if mode not in ("live", "warm", "cold"):
         raise FerryError(f"mode: {mode!r} is not one of live, warm, cold")
-    vmdir = host.existing(name)
     options = sender.Options(mode, max_downtime_ms, timeout_s, parse_rate(bandwidth), read_token(token_file))
+    if transport_name == "tls":  # bad files are refused before the VM is touched
+        transport.tls_context(ssl.Purpose.SERVER_AUTH, tls or transport.TlsFiles())
+    vmdir = host.existing(name)
     connect = lambda: transport.connect(to, transport_name, tls, ssh, link_timeout=link_timeout)  # noqa: E731
     if resolve:
         return _resolve(vmdir, connect, options, to)

@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 from ..migration.transport import SshOptions, TlsFiles
 from . import migrate
 from .host import Host
+
+
+def positive(unit: str):
+    """An argparse type: a finite number above zero, in ``unit``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of {unit} above zero")
+        return value
+    return parse
 
 
 def _tls(args) -> TlsFiles:
@@ -59,7 +73,7 @@ def _render_arrival(result: dict) -> None:
 
 
 def _link_options(parser) -> None:
-    parser.add_argument("--link-timeout", type=float, default=30.0, metavar="S",
+    parser.add_argument("--link-timeout", type=positive("seconds"), default=30.0, metavar="S",
                         help="a link that moves nothing for S seconds is taken as cut")
     _tls_options(parser)
 
@@ -79,8 +93,9 @@ def register(sub) -> None:
     parser.add_argument("--to", required=True, metavar="HOST:PORT", help="the receiver ([IPV6]:PORT for IPv6)")
     parser.add_argument("--token-file", required=True, type=Path, help="the one-time token the receiver holds")
     parser.add_argument("--mode", choices=("live", "warm", "cold"), default="live")
-    parser.add_argument("--max-downtime", type=float, default=300.0, metavar="MS")
-    parser.add_argument("--timeout", type=float, default=3600.0, metavar="S", help="give up after S seconds")
+    parser.add_argument("--max-downtime", type=positive("milliseconds"), default=300.0, metavar="MS")
+    parser.add_argument("--timeout", type=positive("seconds"), default=3600.0, metavar="S",
+                        help="give up after S seconds")
     parser.add_argument("--bandwidth", metavar="RATE", help="cap, bytes/s with K/M/G (default: no cap)")
     parser.add_argument("--transport", choices=("tcp", "tls", "ssh"), default="tcp")
     parser.add_argument("--plot", type=Path, metavar="FILE", help="draw the rounds into a PNG")
@@ -97,7 +112,7 @@ def register(sub) -> None:
     parser.add_argument("name")
     parser.add_argument("--listen", required=True, metavar="ADDR:PORT", help="where to listen ([::]:PORT for all)")
     parser.add_argument("--token-file", required=True, type=Path)
-    parser.add_argument("--timeout", type=float, default=600.0, metavar="S", help="how long to wait")
+    parser.add_argument("--timeout", type=positive("seconds"), default=600.0, metavar="S", help="how long to wait")
     parser.add_argument("--detach", action="store_true", help="return once listening")
     _link_options(parser)
     parser.set_defaults(func=cmd_receive, render=_render_arrival)

@@ -57,8 +57,10 @@ def check_inside(root: Path, path: Path) -> Path:
 
 
 def remove_tree(root: Path, path: Path) -> None:
-    """Delete a folder of the state directory (rmtree never follows links below it)."""
-    shutil.rmtree(check_inside(root, path))
+    """Delete a folder of the state directory (rmtree never follows links below it);
+    one already gone is fine."""
+    if os.path.lexists(path):
+        shutil.rmtree(check_inside(root, path))
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o600, durable: bool = True) -> None:

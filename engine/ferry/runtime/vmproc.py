@@ -274,14 +274,23 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         _detach_stdio(stdout, f"error: {message}")
         return 1
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=process.poweroff_signal).start())
+    _poweroff_on_sigterm(process)
     process.server.start()
     _detach_stdio(stdout, "ready")
     return process.run()
 
 
+def _poweroff_on_sigterm(process: VmProcess) -> None:
+    # A thread: the handler runs in the main thread, which may hold the process's lock.
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=process.poweroff_signal).start())
+
+
 def receive_main(args) -> int:
-    """Wait for NAME to arrive; on commit, go on as its VM process."""
+    """Wait for NAME to arrive; on commit, go on as its VM process.
+
+    Short of a commit the staging folder goes, whatever ended the wait: no
+    listener, no migration in time, a failed one, an unexpected error, SIGTERM.
+    """
     from ..migration.receiver import Receiver
     from ..migration.transport import Listener, TlsFiles
     from .incoming import Incoming
@@ -296,24 +305,32 @@ def receive_main(args) -> int:
         incoming.staging.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         if incoming.staging.hold_lock() is None:
             raise FerryError(f"{args.name}: another receiver is already waiting for it")
-        listener = Listener(args.incoming, TlsFiles(args.tls_cert, args.tls_key, args.tls_ca), args.link_timeout)
     except FerryError as err:
         _detach_stdio(stdout, f"error: {err}")
         return 1
-    log(f"waiting for {args.name} on {args.incoming} (port {listener.port})")
-    _detach_stdio(stdout, f"listening {listener.port}")
-    receiver = Receiver(listener, token, incoming, args.accept_timeout)
+    # SystemExit, unlike the default action, runs the clean-up below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    outcome, listening = "aborted", False
     try:
-        outcome = receiver.run()
-    except FerryError as err:
-        log(f"no migration: {err}")
-        outcome = "aborted"
+        listener = Listener(args.incoming, TlsFiles(args.tls_cert, args.tls_key, args.tls_ca), args.link_timeout)
+        log(f"waiting for {args.name} on {args.incoming} (port {listener.port})")
+        _detach_stdio(stdout, f"listening {listener.port}")
+        listening = True
+        outcome = Receiver(listener, token, incoming, args.accept_timeout).run()
+    except Exception as err:
+        message = str(err) if isinstance(err, FerryError) else f"{type(err).__name__}: {err}"
+        if listening:
+            log(f"no migration: {message}")
+        else:
+            _detach_stdio(stdout, f"error: {message}")
+    finally:
+        if outcome != "committed":
+            statedir.remove_tree(incoming.root, incoming.staging.path)
     if outcome != "committed":
-        shutil.rmtree(incoming.staging.path, ignore_errors=True)
-        listener.close()
         return 1
     if incoming.process is None:
         return 0
+    _poweroff_on_sigterm(incoming.process)
     return incoming.process.run()
 
 
@@ -321,9 +338,14 @@ def read_token(path: Path | None) -> bytes:
     if path is None:
         raise FerryError("token-file: a one-time token file is required")
     try:
+        mode = os.stat(path).st_mode
         token = Path(path).read_bytes().strip()
     except OSError as err:
         raise FerryError(f"token-file: cannot read {path}: {err.strerror}") from None
+    if mode & 0o077:
+        # As ssh with private keys: a secret others can read is no secret.
+        raise FerryError(f"token-file: {path} is open to group or others (mode {mode & 0o777:04o}); "
+                         f"run chmod 600 {path}")
     if len(token) < 16:
         raise FerryError(f"token-file: {path} holds {len(token)} bytes, at least 16 are required")
     return token

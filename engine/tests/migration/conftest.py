@@ -32,6 +32,7 @@ def hosts(lab):
 def token(tmp_path):
     path = tmp_path / "token"
     path.write_text(secrets.token_hex(32))
+    path.chmod(0o600)
     return path
 
 

@@ -20,13 +20,13 @@ def assert_busy(done, *phases: str):
     assert any(f"({phase})" in done.stderr for phase in phases), done.stderr
 
 
-def conflicting(host, tmp_path):
+def conflicting(host, tmp_path, token):
     """Every operation a careless operator might type while the VM is moving."""
     return {"pause": host.run("pause", "m1"), "resume": host.run("resume", "m1"),
             "stop": host.run("stop", "m1", "--timeout", "1"),
             "snapshot": host.run("snapshot", "create", "m1", "--snapshot", "during"),
             "define": host.run("define", str(tmp_path / "m1.yaml"), "--replace"),
-            "migrate": host.run("migrate", "m1", "--to", "127.0.0.1:9", "--token-file", str(tmp_path / "m1.yaml"))}
+            "migrate": host.run("migrate", "m1", "--to", "127.0.0.1:9", "--token-file", str(token))}
 
 
 def test_during_the_handover_only_the_migration_moves_the_vm(hosts, tmp_path, token, relay):
@@ -37,7 +37,7 @@ def test_during_the_handover_only_the_migration_moves_the_vm(hosts, tmp_path, to
     proxy, address = relay(("out", Kind.COMMIT, 0), hold)
     process = start_migration(h1, address, token)
     assert proxy.reached.wait(60), "the migration never reached its handover"
-    for op, done in {**conflicting(h1, tmp_path), "poweroff": h1.run("poweroff", "m1")}.items():
+    for op, done in {**conflicting(h1, tmp_path, token), "poweroff": h1.run("poweroff", "m1")}.items():
         assert_busy(done, "handover")
     pid = h1.ok("status", "m1")["pid"]
     h1.sh(f"kill -TERM {pid}")
@@ -56,7 +56,7 @@ def test_during_precopy_conflicting_operations_are_busy_and_the_migration_comple
     receive(h2, token)
     process = start_migration(h1, f"{h2.ipv4}:{PORT}", token)
     wait_progress(process, "first-pass")
-    for op, done in conflicting(h1, tmp_path).items():
+    for op, done in conflicting(h1, tmp_path, token).items():
         assert_busy(done, "precopy")
     assert h1.ok("status", "m1")["state"] == "running", "a refused pause must change nothing"
     lab.link(h2.name, clear=True)

@@ -67,6 +67,7 @@ def test_wrong_token_is_refused_and_the_receiver_keeps_waiting(hosts, tmp_path, 
     receive(h2, token)
     wrong = tmp_path / "wrong"
     wrong.write_text("x" * 64)
+    wrong.chmod(0o600)
     refused = migrate(h1, f"{h2.ipv4}:{PORT}", wrong, expect_ok=False)
     assert refused.returncode != 0 and "wrong token" in refused.stderr
     assert h1.ok("status", "m1")["state"] == "running"
@@ -75,14 +76,17 @@ def test_wrong_token_is_refused_and_the_receiver_keeps_waiting(hosts, tmp_path, 
     exactly_one_copy(h2, h1)
 
 
-def test_destination_without_memory_refuses(hosts, tmp_path, token):
+def test_destination_without_memory_refuses_and_waits_on(hosts, tmp_path, token):
     h1, h2 = hosts
     # More than the machine has: the source only runs it overcommitted, the destination refuses.
     start_vm(h1, tmp_path, memory=30 * 1024, cmdline="fill=1 rate=0 hb=200", start_args=("--overcommit",))
-    receive(h2, token)
+    arrival = receive(h2, token)
     refused = migrate(h1, f"{h2.ipv4}:{PORT}", token, expect_ok=False)
     assert refused.returncode != 0 and "out of memory" in refused.stderr
-    exactly_one_copy(h1, h2)
+    assert h1.ok("status", "m1")["state"] == "running"
+    assert "m1" not in h2.vm_names()
+    assert list(h2.vm_processes()) == [arrival["pid"]], "the receiver should wait on for another source"
+    assert h2.sh("ls /var/lib/ferry/incoming/m1").split() == ["vm.lock"], "the refused offer left files staged"
 
 
 def test_timeout_gives_up_cleanly(hosts, tmp_path, token, lab):

@@ -5,9 +5,9 @@ import threading
 
 import pytest
 
-from ferry.migration import protocol
+from ferry.migration import messages, protocol
 from ferry.migration.protocol import Kind, PeerFailed, ProtocolError
-from ferry.migration.receiver import AuthFailed, answer_handshake
+from ferry.migration.gate import AuthFailed, answer_handshake
 from ferry.migration.sender import handshake, merge
 from ferry.migration.transport import Channel, parse_address
 
@@ -16,7 +16,8 @@ TOKEN = b"a-one-time-token-of-some-length"
 
 def pair():
     left, right = socket.socketpair()
-    return Channel(left, plain_socket=True, link_timeout=5), Channel(right, plain_socket=True, link_timeout=5)
+    return (Channel(left, True, messages.TO_SOURCE, link_timeout=5),
+            Channel(right, True, messages.TO_DESTINATION, link_timeout=5))
 
 
 def run_receiver(channel, token):
@@ -78,8 +79,8 @@ def test_versions_without_overlap_are_refused_cleanly():
 
 def test_the_highest_common_version_wins():
     assert protocol.choose_version([1, 99]) == protocol.VERSION
-    with pytest.raises(ProtocolError):
-        protocol.choose_version(["x"])
+    with pytest.raises(ProtocolError, match="no common protocol version"):
+        protocol.choose_version([protocol.VERSION + 1, protocol.VERSION + 9])
 
 
 @pytest.mark.parametrize("text, expected", [

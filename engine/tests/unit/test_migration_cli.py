@@ -1,0 +1,113 @@
+"""Bad values for ``ferry migrate`` and ``ferry receive``: one line naming the option, no traceback."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+
+def ferry(tmp_path, *args):
+    env = {**os.environ, "FERRY_STATE_DIR": str(tmp_path / "state")}
+    return subprocess.run([sys.executable, "-m", "ferry.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def one_line_naming(done, *words):
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    for word in words:
+        assert word in lines[0], done.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def token(tmp_path):
+    path = tmp_path / "token"
+    path.write_text("t" * 32)
+    path.chmod(0o600)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+BAD_NUMBERS = ["-1", "0", "nan", "inf", "-inf", "ten"]
+
+
+@pytest.mark.parametrize("value", BAD_NUMBERS)
+@pytest.mark.parametrize("option", ["--max-downtime", "--timeout", "--link-timeout"])
+def test_migrate_refuses_a_meaningless_number(tmp_path, token, option, value):
+    done = ferry(tmp_path, "migrate", "m1", "--to", "127.0.0.1:7400", "--token-file", str(token), f"{option}={value}")
+    one_line_naming(done, f"argument {option}", repr(value), "above zero")
+
+
+@pytest.mark.parametrize("value", BAD_NUMBERS)
+@pytest.mark.parametrize("option", ["--timeout", "--link-timeout"])
+def test_receive_refuses_a_meaningless_number(tmp_path, token, option, value):
+    done = ferry(tmp_path, "receive", "m1", "--listen", "127.0.0.1:7400", "--token-file", str(token), f"{option}={value}")
+    one_line_naming(done, f"argument {option}", "above zero")
+
+
+@pytest.mark.parametrize("command", ["migrate", "receive"])
+def test_a_token_others_can_read_is_refused(tmp_path, token, command):
+    token.chmod(0o644)
+    where = ["--to", "127.0.0.1:7400"] if command == "migrate" else ["--listen", f"127.0.0.1:{free_port()}"]
+    done = ferry(tmp_path, command, "m1", *where, "--token-file", str(token))
+    one_line_naming(done, "token-file", str(token), "0644", "chmod 600")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A certificate with its key, another key, and a file that is not PEM."""
+    folder = tmp_path_factory.mktemp("pki")
+    for name in ("cert", "other"):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=ferry-test",
+                        "-days", "1", "-keyout", folder / f"{name}.key", "-out", folder / f"{name}.pem"],
+                       check=True, capture_output=True)
+    (folder / "junk").write_text("not a certificate\n")
+    return folder
+
+
+def tls_cases(pki):
+    return [
+        (["--tls-cert", str(pki / "missing.pem"), "--tls-key", str(pki / "cert.key")],
+         ("tls-cert:", "missing.pem", "No such file")),
+        (["--tls-cert", str(pki / "junk"), "--tls-key", str(pki / "cert.key")], ("tls-cert:", "no PEM certificate")),
+        (["--tls-cert", str(pki / "cert.pem"), "--tls-key", str(pki / "junk")], ("tls-key:", "no PEM private key")),
+        (["--tls-cert", str(pki / "cert.pem"), "--tls-key", str(pki / "other.key")],
+         ("tls-key:", "other.key", "does not match")),
+        (["--tls-cert", str(pki / "cert.pem"), "--tls-key", str(pki / "cert.key"), "--tls-ca", str(pki / "junk")],
+         ("tls-ca:", "no PEM certificate")),
+        (["--tls-cert", str(pki / "cert.pem"), "--tls-key", str(pki / "cert.key"), "--tls-ca", str(pki / "nope.pem")],
+         ("tls-ca:", "nope.pem", "No such file")),
+    ]
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_tls_file_problems_name_the_option_on_the_receiver(tmp_path, token, pki, case):
+    options, words = tls_cases(pki)[case]
+    done = ferry(tmp_path, "receive", "m1", "--listen", f"127.0.0.1:{free_port()}", "--token-file", str(token),
+                 "--detach", *options)
+    one_line_naming(done, *words)
+    assert not (tmp_path / "state" / "incoming" / "m1").exists(), "staging left behind"
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_tls_file_problems_name_the_option_on_the_source(tmp_path, token, pki, case):
+    options, words = tls_cases(pki)[case]
+    done = ferry(tmp_path, "migrate", "m1", "--to", "127.0.0.1:7400", "--token-file", str(token),
+                 "--transport", "tls", *options)
+    one_line_naming(done, *words)
+
+
+def test_a_receiver_needs_its_certificate_for_tls(tmp_path, token, pki):
+    done = ferry(tmp_path, "receive", "m1", "--listen", f"127.0.0.1:{free_port()}", "--token-file", str(token),
+                 "--detach", "--tls-ca", str(pki / "cert.pem"))
+    one_line_naming(done, "tls-cert:", "required on the receiver")
