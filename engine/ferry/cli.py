@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
-from .errors import FerryError
+from . import __version__
+from .errors import Conflict, FerryError, NotFound
 from .kvm.ioctl import KvmError
 
 FEATURES = ("ferry.runtime.commands", "ferry.runtime.snapshot_commands", "ferry.runtime.migrate_commands",
@@ -31,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     parser = Parser(prog="ferry", description="Ferry hypervisor engine")
-    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON document (accepted anywhere on the line; errors too, on stderr)")
+    parser.add_argument("--version", action="version", version=f"ferry {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in FEATURES:
         importlib.import_module(module).register(sub)
@@ -58,11 +62,31 @@ def main(argv: list[str] | None = None) -> int:
     try:
         emit(args, args.func(args))
     except (FerryError, KvmError) as err:
-        print(f"ferry: {err}", file=sys.stderr)
+        report_error(err, want_json)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (``ferry list | head``): nothing more to say to it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0
+
+
+def error_kind(err: Exception) -> str:
+    """A stable word for what went wrong, for programs reading ``--json`` errors."""
+    from .runtime.operations import Busy
+    for kind, types in (("busy", Busy), ("not-found", NotFound), ("conflict", Conflict)):
+        if isinstance(err, types):
+            return kind
+    return "error"
+
+
+def report_error(err: Exception, want_json: bool) -> None:
+    if want_json:
+        print(json.dumps({"error": str(err), "kind": error_kind(err)}, sort_keys=True), file=sys.stderr)
+    else:
+        print(f"ferry: {err}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -124,7 +124,8 @@ class Engine(object):
         return self._call(self.host.start, name)
 
     def stop(self, name, timeout):
-        return self._call(self.host.stop, name, timeout)
+        # stop_timeout is documented as "then power off": the module always forces.
+        return self._call(self.host.stop, name, timeout, force=True)
 
     def poweroff(self, name, timeout):
         return self._call(self.host.poweroff, name, timeout)
@@ -136,4 +137,5 @@ class Engine(object):
         return self._call(self.host.resume, name)
 
     def undefine(self, name):
-        return self._call(self.host.undefine, name)
+        # state=absent is documented to remove the VM's folder, snapshots included.
+        return self._call(self.host.undefine, name, with_snapshots=True)

@@ -34,7 +34,7 @@ options:
       - V(stopped) presses the VM's power button and waits; a guest still up after
         O(stop_timeout) seconds is powered off. A new VM is defined, stopped.
       - V(paused) defines and starts the VM if needed and pauses its vCPUs.
-      - V(absent) powers the VM off and removes it with its folder (console log included).
+      - V(absent) powers the VM off and removes it with its folder (console log and snapshots included).
     type: str
     choices: [present, running, stopped, paused, absent]
     default: present

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 
+from ..errors import NotFound
 from . import definition as defn
 from .host import START_TIMEOUT, STOP_TIMEOUT, Host
 
@@ -19,14 +20,33 @@ def _host(args) -> Host:
 
 def _render_vm(vm: dict) -> None:
     line = f"{vm['name']}: {vm['state']} ({vm['vcpus']} vCPU, {vm['memory']} MiB)"
+    if vm.get("forced"):
+        line += " - powered off: the guest ignored the power button"
     print(line + (f" - {vm['error']}" if vm.get("error") else ""))
 
 
+LIST_COLUMNS = (("NAME", "name"), ("STATE", "state"), ("VCPUS", "vcpus"), ("MEMORY", "memory"),
+                ("PID", "pid"), ("UPTIME", "uptime"), ("ERROR", "error"))
+
+
 def _render_list(vms: list) -> None:
-    if not vms:
-        print("no VMs defined")
+    """An aligned table with a header, as ``virsh list``; an empty host prints the header alone."""
+    rows = [[title for title, _ in LIST_COLUMNS]]
     for vm in vms:
-        _render_vm(vm)
+        cells = {**vm, "memory": f"{vm['memory']} MiB", "uptime": _uptime(vm.get("started_at")),
+                 "pid": vm.get("pid") or "-", "error": vm.get("error") or ""}
+        rows.append([str(cells[key]) for _, key in LIST_COLUMNS])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(LIST_COLUMNS))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _uptime(started_at) -> str:
+    if not started_at:
+        return "-"
+    seconds = int(max(time.time() - started_at, 0))
+    days, rest = divmod(seconds, 86400)
+    return (f"{days}d " if days else "") + time.strftime("%H:%M:%S", time.gmtime(rest))
 
 
 def cmd_define(args):
@@ -38,7 +58,7 @@ def cmd_start(args):
 
 
 def cmd_stop(args):
-    return _host(args).stop(args.name, timeout=args.timeout)
+    return _host(args).stop(args.name, timeout=args.timeout, force=args.force)
 
 
 def cmd_poweroff(args):
@@ -59,11 +79,12 @@ def cmd_status(args):
 
 
 def cmd_list(args):
-    return _host(args).list()
+    vms = Host(args.state_dir, must_exist=True).list()
+    return [vm for vm in vms if not args.state or vm["state"] in args.state]
 
 
 def cmd_undefine(args):
-    return _host(args).undefine(args.name)
+    return _host(args).undefine(args.name, with_snapshots=args.with_snapshots)
 
 
 def cmd_host_info(args):
@@ -81,6 +102,10 @@ def cmd_console(args):
     host = _host(args)
     vmdir = host.existing(args.name)
     interactive = sys.stdin.isatty() and not args.no_input
+    if not vmdir.console_log.exists():
+        if not vmdir.process_alive():
+            raise NotFound(f"{args.name}: no console output yet (the VM was never started)")
+        vmdir.console_log.touch(mode=0o600)
     with open(vmdir.console_log, "rb") as log:
         if not interactive:
             _follow(log, vmdir, args.follow)
@@ -143,15 +168,21 @@ def register(sub) -> None:
                        help=f"give up after S seconds (default {START_TIMEOUT:.0f})")
     start.add_argument("--overcommit", action="store_true",
                        help="start even if the VMs' memory exceeds this host's")
-    command("stop", cmd_stop, "press the power button; power off after --timeout").add_argument(
-        "--timeout", type=float, default=STOP_TIMEOUT)
+    stop = command("stop", cmd_stop, "press the power button and wait for the guest to power off")
+    stop.add_argument("--timeout", type=float, default=STOP_TIMEOUT, metavar="S",
+                      help=f"how long the guest may take, in seconds (default {STOP_TIMEOUT:.0f})")
+    stop.add_argument("--force", action="store_true", help="power it off if it is still up after --timeout")
     command("poweroff", cmd_poweroff, "power a VM off at once")
     command("pause", cmd_pause, "pause a VM's vCPUs")
     command("resume", cmd_resume, "resume a paused VM")
     command("status", cmd_status, "show a VM's definition and state")
-    command("list", cmd_list, "list the VMs on this host", render=_render_list, with_name=False)
-    command("undefine", cmd_undefine, "remove a stopped VM and its folder",
-            render=lambda r: print(f"{r['name']}: removed"))
+    listing = command("list", cmd_list, "list the VMs on this host", render=_render_list, with_name=False)
+    listing.add_argument("--state", action="append", metavar="STATE",
+                         choices=("running", "paused", "stopped", "crashed"),
+                         help="only VMs in this state (repeatable)")
+    undefine = command("undefine", cmd_undefine, "remove a stopped VM and its folder",
+                       render=lambda r: print(f"{r['name']}: removed"))
+    undefine.add_argument("--with-snapshots", action="store_true", help="delete its snapshots too")
     console = command("console", cmd_console, "show a VM's console (Ctrl-] detaches)", render=None)
     console.add_argument("--follow", "-f", action="store_true", help="keep following while the VM runs")
     console.add_argument("--no-input", action="store_true", help="only show output")

@@ -127,12 +127,19 @@ def read_text(path: Path) -> str:
         raise DefinitionError(f"{path}: not UTF-8 text") from None
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """Where and what, in one line: "line 3, column 7: expected ',' or ']', but got ':'"."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
+
+
 def load_file(path: Path) -> Definition:
     text = read_text(path)
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise DefinitionError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+        raise DefinitionError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
     except RecursionError:
         raise DefinitionError(f"{path}: nested too deeply to be a VM definition") from None
     if isinstance(values, dict) and values.get("format", FORMAT) != FORMAT:

@@ -32,8 +32,10 @@ def last_line(path) -> str:
 
 
 class Host:
-    def __init__(self, state_dir: str | os.PathLike | None = None):
+    def __init__(self, state_dir: str | os.PathLike | None = None, must_exist: bool = False):
         self.root = statedir.resolve(state_dir)
+        if must_exist and not self.root.is_dir():
+            raise NotFound(f"state-dir: {self.root} does not exist (no VM was ever defined here?)")
 
     def vmdir(self, name: str) -> statedir.VmDir:
         return statedir.VmDir(self.root, name)
@@ -91,6 +93,7 @@ class Host:
             if state in ("running", "paused"):
                 state, error = "crashed", "the VM process ended without recording why (killed?)"
         info.update(state=state, error=error, pid=status.get("pid") if live is not None else None,
+                    started_at=status.get("started_at") if live is not None else None,
                     boot_count=status.get("boot_count", 0), path=str(vmdir.path),
                     console_log=str(vmdir.console_log))
         if live and live.get("migration"):
@@ -128,11 +131,15 @@ class Host:
         vmdir.save_definition(new)
         return self.describe(vmdir)
 
-    def undefine(self, name: str) -> dict:
+    def undefine(self, name: str, with_snapshots: bool = False) -> dict:
         vmdir = self.existing(name)
         self.check_operation("undefine", vmdir)
         if vmdir.process_alive():
             raise Conflict(f"{name}: the VM is running; stop it before undefining it")
+        kept = vmdir.snapshot_ids()
+        if kept and not with_snapshots:
+            raise Conflict(f"{name}: the VM has {len(kept)} snapshot(s) ({', '.join(kept[:3])}"
+                           f"{', ...' if len(kept) > 3 else ''}); use --with-snapshots to delete them with it")
         statedir.remove_tree(self.root, vmdir.path)
         return {"name": name, "state": "absent"}
 
@@ -202,20 +209,36 @@ class Host:
     def poweroff(self, name: str, timeout: float = STOP_TIMEOUT) -> dict:
         timeout = inputs.seconds(timeout)
         vmdir = self.existing(name)
-        if vmdir.process_alive():
-            control.request(vmdir.socket, "poweroff")
+        if self._ask_to_end(vmdir, "poweroff"):
             self.wait_exit(vmdir, timeout)
         return self.describe(vmdir)
 
-    def stop(self, name: str, timeout: float = STOP_TIMEOUT) -> dict:
-        """Press the ACPI power button; power off if the guest is still up after ``timeout``."""
+    def stop(self, name: str, timeout: float = STOP_TIMEOUT, force: bool = False) -> dict:
+        """Press the ACPI power button and wait ``timeout`` for the guest to power off; with
+        ``force`` power it off after that, otherwise a guest still up is an error (as
+        ``virsh shutdown``: a stop that quietly became a poweroff would hide a stuck guest)."""
         timeout = inputs.seconds(timeout, zero=True)
         vmdir = self.existing(name)
-        if vmdir.process_alive():
-            control.request(vmdir.socket, "shutdown")
-            if not self.wait_exit(vmdir, timeout, fail=False):
-                return self.poweroff(name)
-        return self.describe(vmdir)
+        if not self._ask_to_end(vmdir, "shutdown") or self.wait_exit(vmdir, timeout, fail=False):
+            return self.describe(vmdir)
+        if not force:
+            raise FerryError(f"{name}: the guest did not power off within {timeout:g} s of the power button "
+                             "and still runs; use --force to power it off after the timeout, or ferry poweroff")
+        self.poweroff(name)
+        return {**self.describe(vmdir), "forced": True}
+
+    def _ask_to_end(self, vmdir: statedir.VmDir, op: str) -> bool:
+        """Send ``op`` to the VM process; False when there is no VM process (any more): a
+        guest that powers off by itself while we ask has done what was asked."""
+        if not vmdir.process_alive():
+            return False
+        try:
+            control.request(vmdir.socket, op)
+        except control.ControlError:
+            if vmdir.process_alive():
+                raise
+            return False
+        return True
 
     def wait_exit(self, vmdir: statedir.VmDir, timeout: float, fail: bool = True) -> bool:
         deadline = time.monotonic() + timeout

@@ -61,7 +61,7 @@ class FakeHost:
         self._existing(name)
         return self._set_state("running")
 
-    def stop(self, name, timeout=30.0):
+    def stop(self, name, timeout=30.0, force=False):
         self._record("stop")
         self._existing(name)
         return self._set_state("stopped")
@@ -83,7 +83,7 @@ class FakeHost:
             raise Conflict(f"{name}: the VM is not paused")
         return self._set_state("running")
 
-    def undefine(self, name):
+    def undefine(self, name, with_snapshots=False):
         self._record("undefine")
         if self._existing(name)["state"] in ("running", "paused"):
             raise Conflict(f"{name}: the VM is running; stop it before undefining it")

@@ -1,0 +1,85 @@
+"""The command line as people who use virsh and bhyvectl expect it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ferry import __version__
+
+
+def test_version(ferry):
+    done = ferry.run("--version")
+    assert done.code == 0 and done.out.strip() == f"ferry {__version__}"
+
+
+def test_list_of_a_state_dir_that_does_not_exist_is_an_error(ferry, tmp_path):
+    done = ferry.run("list", "--state-dir", str(tmp_path / "nonexistent"))
+    assert done.code == 1 and done.err.startswith("ferry: state-dir: ") and "does not exist" in done.err
+
+
+def test_errors_under_json_are_json_with_a_kind(ferry, tmp_path):
+    ferry.define(tmp_path, name="vm1", vcpus=1, memory=16, kernel="builtin:selfcheck")
+    done = ferry.run("--json", "status", "nosuch")
+    assert done.code == 1 and done.out == ""
+    error = json.loads(done.err)
+    assert error["kind"] == "not-found" and "nosuch" in error["error"]
+    assert json.loads(ferry.run("--json", "pause", "vm1").err)["kind"] == "conflict"
+
+
+def test_list_is_a_table_with_a_header_and_a_state_filter(ferry, tmp_path):
+    for name in ("alpha", "a-much-longer-name"):
+        ferry.define(tmp_path, name=name, vcpus=1, memory=16, kernel="builtin:selfcheck")
+    lines = ferry.run("list").out.splitlines()
+    assert lines[0].split() == ["NAME", "STATE", "VCPUS", "MEMORY", "PID", "UPTIME", "ERROR"]
+    assert [line.split()[0] for line in lines[1:]] == ["a-much-longer-name", "alpha"]
+    assert len({line.index("stopped") for line in lines[1:]}) == 1, "columns are not aligned"
+    assert ferry.ok("list", "--state", "running") == []
+    assert len(ferry.ok("list", "--state", "stopped")) == 2
+
+
+def test_output_into_a_closed_pipe_is_no_traceback(ferry, tmp_path):
+    for index in range(30):
+        ferry.define(tmp_path, name=f"vm{index}", vcpus=1, memory=16, kernel="builtin:selfcheck")
+    done = subprocess.run(f"{sys.executable} -m ferry.cli list | head -1", shell=True, env=ferry.env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.startswith("NAME") and "Traceback" not in done.stderr and "Broken pipe" not in done.stderr
+
+
+def test_console_of_a_vm_never_started_is_one_line(ferry, tmp_path):
+    ferry.define(tmp_path, name="vm1", vcpus=1, memory=16, kernel="builtin:selfcheck")
+    done = ferry.run("console", "vm1")
+    assert done.code == 1 and done.err.strip() == "ferry: vm1: no console output yet (the VM was never started)"
+
+
+def test_yaml_errors_name_line_and_column(ferry, tmp_path):
+    path = tmp_path / "vm.yaml"
+    path.write_text("name: vm1\nvcpus: [1\nmemory: 16\n")
+    done = ferry.run("define", str(path))
+    assert done.code == 1 and "not valid YAML: line 3, column 7: " in done.err
+
+
+@pytest.mark.kvm
+def test_undefine_keeps_snapshots_unless_told(ferry, tmp_path):
+    ferry.define(tmp_path, name="vm1", vcpus=1, memory=16, kernel="builtin:selfcheck", cmdline="fill=5 hb=100")
+    ferry.ok("start", "vm1")
+    ferry.ok("snapshot", "create", "vm1", "--snapshot", "keep")
+    ferry.ok("poweroff", "vm1")
+    refused = ferry.run("undefine", "vm1")
+    assert refused.code == 1 and "1 snapshot(s) (keep)" in refused.err and "--with-snapshots" in refused.err
+    assert ferry.ok("snapshot", "list", "vm1")[0]["id"] == "keep"
+    ferry.ok("undefine", "vm1", "--with-snapshots")
+    assert ferry.ok("list") == []
+
+
+@pytest.mark.kvm
+def test_stop_of_a_guest_that_does_not_react_says_so_unless_forced(ferry, tmp_path):
+    # A heartbeat a minute: the guest looks at the power button only that often.
+    ferry.define(tmp_path, name="vm1", vcpus=1, memory=16, kernel="builtin:selfcheck", cmdline="fill=5 hb=60000")
+    ferry.ok("start", "vm1")
+    refused = ferry.run("stop", "vm1", "--timeout", "0.5")
+    assert refused.code == 1 and "did not power off within 0.5 s" in refused.err and "--force" in refused.err
+    assert ferry.ok("status", "vm1")["state"] == "running"
+    forced = ferry.ok("stop", "vm1", "--timeout", "0.5", "--force")
+    assert forced["state"] == "stopped" and forced["forced"] is True
