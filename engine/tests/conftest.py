@@ -20,11 +20,15 @@ def kvm_problem() -> str | None:
     return None
 
 
+SLOW_TIMEOUT = 3600  # an emulated Linux boot takes tens of minutes here
+
+
 def pytest_collection_modifyitems(config, items):
-    if os.environ.get("FERRY_SLOW_TESTS") == "1":
-        return
-    for item in items:
-        if "slow" in item.keywords:
+    slow = [item for item in items if "slow" in item.keywords]
+    for item in slow:
+        if os.environ.get("FERRY_SLOW_TESTS") == "1":
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
+        else:
             item.add_marker(pytest.mark.skip(reason="opt-in slow test: set FERRY_SLOW_TESTS=1"))
 
 
