@@ -45,10 +45,15 @@ def _shown(value) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def is_positive(value, zero: bool = False) -> bool:
+    """A finite number above 0 (or from 0 when ``zero``); booleans are not numbers here."""
+    return (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+            and (value > 0 or zero and value == 0))
+
+
 def seconds(value, field: str = "timeout", zero: bool = False) -> float:
     """A duration in seconds: a finite number above 0 (or from 0 when ``zero``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value < 0 or (value == 0 and not zero):
+    if not is_positive(value, zero):
         low = "0 or more" if zero else "more than 0"
         raise InvalidValue(f"{field}: {_shown(value)} is not allowed, expected a number of seconds, {low}")
     return float(value)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
+from .. import inputs
 from ..migration.transport import SshOptions, TlsFiles
 from . import migrate
 from .host import Host
@@ -18,8 +18,8 @@ def positive(unit: str):
         try:
             value = float(text)
         except ValueError:
-            value = math.nan
-        if not math.isfinite(value) or value <= 0:
+            value = None
+        if not inputs.is_positive(value):
             raise argparse.ArgumentTypeError(f"{text!r} is not a number of {unit} above zero")
         return value
     return parse
@@ -92,26 +92,32 @@ def register(sub) -> None:
     parser.add_argument("name")
     parser.add_argument("--to", required=True, metavar="HOST:PORT", help="the receiver ([IPV6]:PORT for IPv6)")
     parser.add_argument("--token-file", required=True, type=Path, help="the one-time token the receiver holds")
-    parser.add_argument("--mode", choices=("live", "warm", "cold"), default="live")
-    parser.add_argument("--max-downtime", type=positive("milliseconds"), default=300.0, metavar="MS")
+    parser.add_argument("--mode", choices=("live", "warm", "cold"), default="live",
+                        help="live: copy while the guest runs (default); warm: pause, then copy; "
+                             "cold: a stopped VM, only its definition moves")
+    parser.add_argument("--max-downtime", type=positive("milliseconds"), default=300.0, metavar="MS",
+                        help="the longest pause the guest may see (default 300); auto-converge slows "
+                             "the guest until the rest fits")
     parser.add_argument("--timeout", type=positive("seconds"), default=3600.0, metavar="S",
                         help="give up after S seconds")
     parser.add_argument("--bandwidth", metavar="RATE", help="cap, bytes/s with K/M/G (default: no cap)")
-    parser.add_argument("--transport", choices=("tcp", "tls", "ssh"), default="tcp")
+    parser.add_argument("--transport", choices=("tcp", "tls", "ssh"), default="tcp",
+                        help="tcp (default), tls (certificates), or ssh (a channel to the receiver's loopback)")
     parser.add_argument("--plot", type=Path, metavar="FILE", help="draw the rounds into a PNG")
     parser.add_argument("--resolve", action="store_true",
                         help="settle a migration left in doubt by asking the destination what happened")
     _link_options(parser)
-    parser.add_argument("--ssh-user", default="root")
-    parser.add_argument("--ssh-key", type=Path)
-    parser.add_argument("--ssh-known-hosts", type=Path)
-    parser.add_argument("--ssh-port", type=int, default=22)
+    parser.add_argument("--ssh-user", default="root", help="for --transport ssh: the user (default root)")
+    parser.add_argument("--ssh-key", type=Path, help="for --transport ssh: the private key")
+    parser.add_argument("--ssh-known-hosts", type=Path,
+                        help="for --transport ssh: known_hosts to check the destination's key against")
+    parser.add_argument("--ssh-port", type=int, default=22, help="for --transport ssh: the port (default 22)")
     parser.set_defaults(func=cmd_migrate, render=_render_report)
 
     parser = sub.add_parser("receive", parents=[common], help="wait for a VM migrating to this host")
     parser.add_argument("name")
     parser.add_argument("--listen", required=True, metavar="ADDR:PORT", help="where to listen ([::]:PORT for all)")
-    parser.add_argument("--token-file", required=True, type=Path)
+    parser.add_argument("--token-file", required=True, type=Path, help="the one-time token (mode 0600)")
     parser.add_argument("--timeout", type=positive("seconds"), default=600.0, metavar="S", help="how long to wait")
     parser.add_argument("--detach", action="store_true", help="return once listening")
     _link_options(parser)
