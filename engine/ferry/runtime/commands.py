@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 
@@ -12,6 +13,7 @@ from . import definition as defn
 from .host import START_TIMEOUT, STOP_TIMEOUT, Host
 
 DETACH_KEY = b"\x1d"  # Ctrl-]
+BARE_NEWLINE = re.compile(rb"(?<!\r)\n")
 
 
 def _host(args) -> Host:
@@ -106,17 +108,62 @@ def cmd_console(args):
         if not vmdir.process_alive():
             raise NotFound(f"{args.name}: no console output yet (the VM was never started)")
         vmdir.console_log.touch(mode=0o600)
-    with open(vmdir.console_log, "rb") as log:
-        if not interactive:
+    log = ConsoleLog(vmdir.console_log, None if args.all else args.lines)
+    try:
+        if interactive:
+            _interactive(host, args.name, log, vmdir)
+        else:
             _follow(log, vmdir, args.follow)
-            return None
-        _interactive(host, args.name, log, vmdir)
+    finally:
+        log.close()
     return None
 
 
-def _follow(log, vmdir, follow: bool) -> None:
+class ConsoleLog:
+    """Reads a VM's console log from its last ``lines`` lines (all with None) on, and
+    carries on into the new file when the VM process rotates it."""
+
+    TAIL_BYTES = 256 * 1024
+
+    def __init__(self, path, lines: int | None):
+        self.path = path
+        self.handle = open(path, "rb")
+        if lines is not None:
+            self._seek_to_last(lines)
+
+    def _seek_to_last(self, lines: int) -> None:
+        end = self.handle.seek(0, os.SEEK_END)
+        start = max(end - self.TAIL_BYTES, 0)
+        self.handle.seek(start)
+        tail = self.handle.read()
+        cut = len(tail)
+        for _ in range(lines + 1):
+            cut = tail.rfind(b"\n", 0, cut)
+            if cut < 0:
+                break
+        self.handle.seek(start + cut + 1 if cut >= 0 else start)
+
+    def read(self) -> bytes:
+        chunk = self.handle.read(65536)
+        if not chunk and self._rotated():
+            self.handle.close()
+            self.handle = open(self.path, "rb")
+            chunk = self.handle.read(65536)
+        return chunk
+
+    def _rotated(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino != os.fstat(self.handle.fileno()).st_ino
+        except FileNotFoundError:
+            return False
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def _follow(log: ConsoleLog, vmdir, follow: bool) -> None:
     while True:
-        chunk = log.read(65536)
+        chunk = log.read()
         if chunk:
             sys.stdout.buffer.write(chunk)
             sys.stdout.buffer.flush()
@@ -126,7 +173,7 @@ def _follow(log, vmdir, follow: bool) -> None:
             time.sleep(0.1)
 
 
-def _interactive(host: Host, name: str, log, vmdir) -> None:
+def _interactive(host: Host, name: str, log: ConsoleLog, vmdir) -> None:
     import select
     import termios
     import tty
@@ -136,9 +183,10 @@ def _interactive(host: Host, name: str, log, vmdir) -> None:
     tty.setraw(0)
     try:
         while vmdir.process_alive():
-            chunk = log.read(65536)
+            chunk = log.read()
             if chunk:
-                os.write(1, chunk)
+                # Raw mode does not add the carriage return a guest's bare newline needs.
+                os.write(1, BARE_NEWLINE.sub(b"\r\n", chunk))
             ready, _, _ = select.select([0], [], [], 0.1)
             if ready:
                 typed = os.read(0, 1024)
@@ -186,5 +234,8 @@ def register(sub) -> None:
     console = command("console", cmd_console, "show a VM's console (Ctrl-] detaches)", render=None)
     console.add_argument("--follow", "-f", action="store_true", help="keep following while the VM runs")
     console.add_argument("--no-input", action="store_true", help="only show output")
+    console.add_argument("--lines", "-n", type=int, default=20, metavar="N",
+                         help="start with the last N lines (default 20)")
+    console.add_argument("--all", action="store_true", help="start from the first line the log holds")
     command("host-info", cmd_host_info, "KVM, CPUs, memory and VMs of this host",
             render=_render_host_info, with_name=False)

@@ -83,3 +83,28 @@ def test_stop_of_a_guest_that_does_not_react_says_so_unless_forced(ferry, tmp_pa
     assert ferry.ok("status", "vm1")["state"] == "running"
     forced = ferry.ok("stop", "vm1", "--timeout", "0.5", "--force")
     assert forced["state"] == "stopped" and forced["forced"] is True
+
+
+def test_the_console_log_rotates_and_a_reader_follows_it(tmp_path):
+    from ferry.runtime.commands import ConsoleLog
+    from ferry.runtime.vmproc import Console
+    path = tmp_path / "console.log"
+    console = Console(path, limit=100)
+    console.write(b"a" * 60 + b"\n")
+    reader = ConsoleLog(path, None)
+    assert reader.read() == b"a" * 60 + b"\n"
+    console.write(b"b" * 60 + b"\n")          # past the limit: rotated after this write
+    console.write(b"c\n")
+    assert (tmp_path / "console.log.1").stat().st_size == 122 and path.read_bytes() == b"c\n"
+    assert reader.read() == b"b" * 60 + b"\n" and reader.read() == b"c\n"
+    assert ConsoleLog(path.with_name("console.log.1"), 1).read() == b"b" * 60 + b"\n"
+
+
+@pytest.mark.kvm
+def test_console_starts_with_the_last_lines(ferry, tmp_path):
+    ferry.define(tmp_path, name="vm1", vcpus=1, memory=16, kernel="builtin:selfcheck", cmdline="fill=5 hb=50")
+    ferry.ok("start", "vm1")
+    ferry.wait_heartbeats("vm1", 10)
+    shown = ferry.run("console", "vm1", "--lines", "3", "--no-input").out.splitlines()
+    assert len(shown) == 3 and all(line.startswith("HB cpu=0") for line in shown)
+    assert ferry.run("console", "vm1", "--all", "--no-input").out.startswith(ferry.console("vm1").decode()[:20])
