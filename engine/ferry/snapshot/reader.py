@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import FerryError
-from ..layout import PAGE_SIZE
 from ..machine import state
 from ..machine.vm import DEVICE_STATES
 from . import compress
