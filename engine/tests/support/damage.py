@@ -312,6 +312,9 @@ CRAFTED = [
     Damage("serial section unknown field", _set_section("serial.com1", b'{"nothing": 1}'), "section serial.com1"),
     Damage("serial section a list", _set_section("serial.com1", b"[1]"), "section serial.com1"),
     Damage("rtc section not json", _set_section("rtc", b"{"), "section rtc"),
+    Damage("serial register text", _set_section("serial.com1", b'{"ier": "x"}'), "section serial.com1"),
+    Damage("rtc alarms of text", _set_section("rtc", b'{"alarms": ["a"]}'), "section rtc"),
+    Damage("i8042 flag a number", _set_section("i8042", b'{"output_full": 1}'), "section i8042"),
     # the embedded definition
     Damage("definition two vCPUs", resign(_vcpus_two), "section vcpu.1"),
     Damage("definition no vCPUs", _definition(vcpus=0), "definition: vcpus"),
