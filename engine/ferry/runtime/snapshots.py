@@ -90,7 +90,10 @@ def list_snapshots(host: Host, name: str) -> list[dict]:
 
 def delete(host: Host, name: str, snapshot_id: str) -> dict:
     _, folder = _folder(host, name, snapshot_id)
-    shutil.rmtree(folder)
+    if folder.is_symlink():
+        folder.unlink()  # a crafted "snapshot": remove the link, never what it points to
+    else:
+        shutil.rmtree(folder)
     return {"id": snapshot_id, "vm": name, "deleted": True}
 
 

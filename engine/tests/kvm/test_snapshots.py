@@ -220,6 +220,19 @@ def test_a_save_left_unfinished_by_a_crash_is_never_listed_and_is_cleared(ferry,
     assert not partial.exists()
 
 
+def test_a_symlinked_snapshot_folder_is_listed_damaged_and_deleting_it_keeps_the_target(stopped_vm, pristine):
+    ferry = stopped_vm
+    link = snapshot_folder(ferry, "vm1", "linked")
+    link.parent.mkdir(exist_ok=True)
+    link.symlink_to(pristine)
+    listed = ferry.run("snapshot", "list", "vm1")
+    assert "linked: DAMAGED - linked: cannot open the snapshot folder" in listed.out, listed.out
+    refused = ferry.run("restore", "vm1", "linked")
+    assert refused.code != 0 and "a plain directory is required" in refused.err, refused.err
+    ferry.ok("snapshot", "delete", "vm1", "linked")
+    assert not os.path.lexists(link) and (pristine / fmt.MANIFEST).is_file()
+
+
 # --- the snapshot's shape, file modes, concurrent saves, failed clones ---
 
 def test_restore_into_a_vm_redefined_with_one_vcpu_is_refused_and_a_clone_runs_both(ferry, tmp_path):
