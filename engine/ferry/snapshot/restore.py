@@ -27,7 +27,11 @@ def _memory(snapshot: reader.Snapshot, lazy: bool) -> GuestMemory:
     size = snapshot.memory_size
     fd = reader.reopen_memory(snapshot)
     if lazy and not snapshot.compressed:
-        return GuestMemory(size, fd=fd, private=True)
+        try:
+            return GuestMemory(size, fd=fd, private=True)  # the mapping now owns fd
+        except BaseException:
+            os.close(fd)
+            raise
     try:
         memory = GuestMemory(size)
         if snapshot.compressed:

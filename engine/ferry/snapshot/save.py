@@ -113,7 +113,7 @@ def reserve(folder: Path) -> Path:
         raise Conflict(f"snapshot: a save of {folder.name} is under way") from None
     if os.path.lexists(folder):
         partial.rmdir()
-        raise Conflict(f"snapshot: the VM already has a snapshot {folder.name}")
+        raise Conflict(f"snapshot: the VM already has a snapshot {folder.name!r}")
     return partial
 
 
