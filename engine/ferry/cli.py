@@ -38,8 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ferry {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in FEATURES:
-        importlib.import_module(module).register(sub)
+        importlib.import_module(module).register(sub, common_options())
     return parser
+
+
+def common_options() -> argparse.ArgumentParser:
+    """The options every VM command takes, defined once."""
+    common = Parser(add_help=False)
+    common.add_argument("--state-dir", help="state directory (default $FERRY_STATE_DIR or /var/lib/ferry)")
+    # Taken out of the line before parsing (it may stand anywhere); here for --help.
+    common.add_argument("--json", action="store_true", help="print one JSON document (errors too, on stderr)")
+    return common
 
 
 def emit(args: argparse.Namespace, result) -> None:

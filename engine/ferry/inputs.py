@@ -29,17 +29,17 @@ class InvalidValue(FerryError):
 
 def vm_name(value, field: str = "name") -> str:
     if not isinstance(value, str) or not VM_NAME.fullmatch(value):
-        raise InvalidName(f"{field}: {_shown(value)} is not a valid VM name ({VM_NAME_RULE})")
+        raise InvalidName(f"{field}: {shown(value)} is not a valid VM name ({VM_NAME_RULE})")
     return value
 
 
 def snapshot_id(value, field: str = "snapshot") -> str:
     if not isinstance(value, str) or not SNAPSHOT_ID.fullmatch(value):
-        raise InvalidName(f"{field}: {_shown(value)} is not a valid snapshot id ({SNAPSHOT_ID_RULE})")
+        raise InvalidName(f"{field}: {shown(value)} is not a valid snapshot id ({SNAPSHOT_ID_RULE})")
     return value
 
 
-def _shown(value) -> str:
+def shown(value) -> str:
     """The value as one short line: an error must never span lines or flood the terminal."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -55,5 +55,5 @@ def seconds(value, field: str = "timeout", zero: bool = False) -> float:
     """A duration in seconds: a finite number above 0 (or from 0 when ``zero``)."""
     if not is_positive(value, zero):
         low = "0 or more" if zero else "more than 0"
-        raise InvalidValue(f"{field}: {_shown(value)} is not allowed, expected a number of seconds, {low}")
+        raise InvalidValue(f"{field}: {shown(value)} is not allowed, expected a number of seconds, {low}")
     return float(value)

@@ -9,6 +9,8 @@ with its ``VERSION``; a newer engine reads older versions through
 from __future__ import annotations
 
 import json
+import types
+import typing
 from dataclasses import asdict, dataclass, fields
 from typing import Callable, ClassVar
 
@@ -33,16 +35,38 @@ class DeviceState:
         values = json.loads(data)
         for old in range(version, cls.VERSION):
             values = cls.upgrade(old, values)
+        if not isinstance(values, dict):
+            raise StateVersionError(f"section {where}: expected a JSON object of fields")
+        hints = typing.get_type_hints(cls)
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
             raise StateVersionError(f"section {where}: unknown fields {sorted(unknown)}")
+        # A saved state may come from a crafted file: a field of the wrong type would
+        # only fail later, inside the running guest's I/O.
+        wrong = sorted(name for name, value in values.items() if not _fits(value, hints[name]))
+        if wrong:
+            raise StateVersionError(f"section {where}: field {wrong[0]} is not of type {hints[wrong[0]]}")
         return cls(**values)
 
     @classmethod
     def upgrade(cls, version: int, values: dict) -> dict:
         """Turn the fields of ``version`` into those of ``version + 1``."""
         raise StateVersionError(f"{cls.__name__}: no upgrade from version {version}")
+
+
+def _fits(value, hint) -> bool:
+    """Whether a JSON value has the type a state field is annotated with."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_fits(v, item) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint in (int, float):  # a float field may hold a whole number; a bool is never a number here
+        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+    return isinstance(value, hint)
 
 
 class Device:

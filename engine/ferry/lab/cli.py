@@ -10,7 +10,7 @@ from .lab import Lab
 DEFAULT_DIR = "./lab"
 
 
-def register(subparsers) -> None:
+def register(subparsers, common) -> None:
     lab = subparsers.add_parser("lab", help="several hypervisor hosts on this machine, reached over SSH",
                                 description="Several hypervisor hosts on this machine (network "
                                             "namespaces on a bridge, each with its own sshd).")

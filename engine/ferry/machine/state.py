@@ -40,6 +40,8 @@ def _hex(struct) -> str:
 
 
 def _struct(cls, text: str, section: str):
+    if not isinstance(text, str):
+        raise RestoreError(f"section {section}: {cls.__name__} must be hex text")
     raw = bytes.fromhex(text)
     if len(raw) != ctypes.sizeof(cls):
         raise RestoreError(f"section {section}: {cls.__name__} is {len(raw)} bytes, expected {ctypes.sizeof(cls)}")
@@ -63,28 +65,59 @@ def capture_vcpu(fd, msr_indices: list[int]) -> Section:
     return Section(f"vcpu.{fd.index}", VCPU_VERSION, json.dumps(values, sort_keys=True).encode())
 
 
-def apply_vcpu(fd, section: Section) -> None:
-    name = section.name
+VCPU_STRUCTS = {"regs": abi.Regs, "sregs": abi.Sregs, "xsave": abi.Xsave, "xcrs": abi.Xcrs,
+                "lapic": abi.LapicState, "events": abi.VcpuEvents, "debugregs": abi.DebugRegs}
+VCPU_KEYS = frozenset(VCPU_STRUCTS) | {"msrs", "mp_state"}
+U32, U64 = 2**32, 2**64
+
+
+def _msrs(values, section: str) -> dict[int, int]:
+    if not isinstance(values, dict):
+        raise RestoreError(f"section {section}: msrs must be a mapping of MSR index to value")
+    msrs = {}
+    for index, value in values.items():
+        number = int(index, 16)
+        if not 0 <= number < U32 or isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < U64:
+            raise RestoreError(f"section {section}: MSR {index[:20]!r} must be a 32-bit index with a 64-bit value")
+        msrs[number] = value
+    return msrs
+
+
+def decode_vcpu(section: Section) -> dict:
+    """A vCPU section's values as the structures KVM takes; raises on anything malformed."""
     values = json.loads(section.data)
+    if not isinstance(values, dict) or set(values) != VCPU_KEYS:
+        raise RestoreError(f"section {section.name}: expected exactly the keys {', '.join(sorted(VCPU_KEYS))}")
+    decoded = {key: _struct(cls, values[key], section.name) for key, cls in VCPU_STRUCTS.items()}
+    decoded["msrs"] = _msrs(values["msrs"], section.name)
+    mp_state = values["mp_state"]
+    if isinstance(mp_state, bool) or not isinstance(mp_state, int) or not 0 <= mp_state < U32:
+        raise RestoreError(f"section {section.name}: mp_state must be a 32-bit number")
+    decoded["mp_state"] = mp_state
+    return decoded
+
+
+def apply_vcpu(fd, section: Section) -> None:
+    values = decode_vcpu(section)
     # CPUID was set when the vCPU was built: MSR and XSAVE checks depend on it.
     # sregs before regs: the mode (long mode, paging) decides how RIP/RSP are read.
-    fd.set_sregs(_struct(abi.Sregs, values["sregs"], name))
-    fd.set_regs(_struct(abi.Regs, values["regs"], name))
+    fd.set_sregs(values["sregs"])
+    fd.set_regs(values["regs"])
     # XSAVE carries the FPU/SSE/AVX state; XCR0 says which parts of it are live.
-    fd.set_xsave(_struct(abi.Xsave, values["xsave"], name))
-    fd.set_xcrs(_struct(abi.Xcrs, values["xcrs"], name))
+    fd.set_xsave(values["xsave"])
+    fd.set_xcrs(values["xcrs"])
     # LAPIC before MSRs: KVM drops a TSC_DEADLINE write unless the LAPIC is in that timer mode.
-    fd.set_lapic(_struct(abi.LapicState, values["lapic"], name))
-    _apply_msrs(fd, values["msrs"], name)
+    fd.set_lapic(values["lapic"])
+    _apply_msrs(fd, values["msrs"], section.name)
     # Events last among the registers: a pending exception or interrupt refers to all of the above.
-    fd.set_vcpu_events(_struct(abi.VcpuEvents, values["events"], name))
+    fd.set_vcpu_events(values["events"])
     fd.set_mp_state(values["mp_state"])
-    fd.set_debugregs(_struct(abi.DebugRegs, values["debugregs"], name))
+    fd.set_debugregs(values["debugregs"])
 
 
-def _apply_msrs(fd, msrs: dict[str, int], section: str) -> None:
+def _apply_msrs(fd, msrs: dict[int, int], section: str) -> None:
     # One at a time: KVM_SET_MSRS stops at the first MSR it refuses.
-    refused = [index for index, value in msrs.items() if fd.set_msrs({int(index, 16): value}) != 1]
+    refused = [f"{index:#x}" for index, value in msrs.items() if fd.set_msrs({index: value}) != 1]
     if refused:
         raise RestoreError(f"section {section}: KVM refused MSRs {', '.join(refused)} on this host")
 
@@ -126,6 +159,22 @@ def notify_clock_jump(vcpu_fds) -> None:
 
 def capture_devices(devices) -> list[Section]:
     return [Section(d.name, type(d.save()).VERSION, d.save().to_bytes()) for d in devices]
+
+
+VM_STRUCTS = {"pic.master": abi.Irqchip, "pic.slave": abi.Irqchip, "ioapic": abi.Irqchip,
+              "pit": abi.PitState2, "clock": abi.ClockData}
+
+
+def decode(section: Section, device_state=None):
+    """Parse a section without a machine (``device_state``: the state type of a device
+    section), so a snapshot or migration can refuse a malformed one before applying any."""
+    if section.name.startswith("vcpu."):
+        return decode_vcpu(section)
+    if section.name in VM_STRUCTS:
+        return _raw(VM_STRUCTS[section.name], section)
+    if device_state is None:
+        raise RestoreError(f"section {section.name}: unknown to this engine")
+    return device_state.from_bytes(section.data, section.version, section.name)
 
 
 def apply_devices(devices, sections: dict[str, Section]) -> None:

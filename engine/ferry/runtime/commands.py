@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
@@ -89,6 +88,22 @@ def cmd_undefine(args):
     return _host(args).undefine(args.name, with_snapshots=args.with_snapshots)
 
 
+def cmd_migrated(args):
+    host = Host(args.state_dir, must_exist=True)
+    if args.action == "prune":
+        return host.prune_migrated(args.older_than)
+    return host.migrated()
+
+
+def _render_migrated(entries: list) -> None:
+    if not entries:
+        print("no folders of migrated VMs")
+    for entry in entries:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["left_at"]))
+        print(f"{entry['name']:<20} left {when} to {entry['to'] or '?':<22} "
+              f"{entry['bytes'] / 2**20:8.1f} MiB  {entry['folder']}")
+
+
 def cmd_host_info(args):
     return _host(args).host_info()
 
@@ -137,7 +152,8 @@ class ConsoleLog:
         self.handle.seek(start)
         tail = self.handle.read()
         cut = len(tail)
-        for _ in range(lines + 1):
+        # As tail -n: a last line still being written counts as one of them.
+        for _ in range(lines + 1 if tail.endswith(b"\n") else lines):
             cut = tail.rfind(b"\n", 0, cut)
             if cut < 0:
                 break
@@ -197,9 +213,7 @@ def _interactive(host: Host, name: str, log: ConsoleLog, vmdir) -> None:
         termios.tcsetattr(0, termios.TCSADRAIN, saved)
 
 
-def register(sub) -> None:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--state-dir", help="state directory (default $FERRY_STATE_DIR or /var/lib/ferry)")
+def register(sub, common) -> None:
 
     def command(name, func, help, render=_render_vm, with_name=True):
         parser = sub.add_parser(name, parents=[common], help=help, description=help)
@@ -237,5 +251,10 @@ def register(sub) -> None:
     console.add_argument("--lines", "-n", type=int, default=20, metavar="N",
                          help="start with the last N lines (default 20)")
     console.add_argument("--all", action="store_true", help="start from the first line the log holds")
+    migrated = command("migrated", cmd_migrated, "list (or prune) what is kept of VMs that migrated away",
+                       render=_render_migrated, with_name=False)
+    migrated.add_argument("action", nargs="?", choices=("list", "prune"), default="list")
+    migrated.add_argument("--older-than", type=float, default=0.0, metavar="DAYS",
+                          help="prune only folders left more than DAYS ago (default: all)")
     command("host-info", cmd_host_info, "KVM, CPUs, memory and VMs of this host",
             render=_render_host_info, with_name=False)

@@ -83,7 +83,7 @@ def validate(values) -> Definition:
     values = {k: v for k, v in values.items() if k != "format"}
     unknown = sorted(set(values) - set(KEYS), key=str)
     if unknown:
-        raise DefinitionError(f"{unknown[0]}: unknown key, allowed keys are {', '.join(KEYS)}")
+        raise DefinitionError(f"{inputs.shown(unknown[0])}: unknown key, allowed keys are {', '.join(KEYS)}")
     try:
         name = inputs.vm_name(values.get("name"))
     except inputs.InvalidName as err:

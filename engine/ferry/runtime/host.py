@@ -12,6 +12,7 @@ import select
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from .. import inputs
 from ..errors import Conflict, FerryError, NotFound
@@ -21,6 +22,10 @@ from .hostinfo import meminfo_mib
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 HOST_RESERVE_MIB = 512  # kept for the host itself when admitting VMs
+
+
+def _size_of(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def last_line(path) -> str:
@@ -249,6 +254,27 @@ class Host:
                 return False
             time.sleep(0.05)
         return True
+
+    # --- folders of VMs that left ---
+
+    def migrated(self) -> list[dict]:
+        """What is kept of each VM that migrated away: its logs and snapshots, and where it went."""
+        found = []
+        for folder in statedir.migrated_folders(self.root):
+            record = statedir.read_record(folder / "migration.json")
+            found.append({"name": folder.name.rsplit(".", 1)[0], "folder": str(folder), "to": record.get("to"),
+                          "left_at": folder.stat().st_mtime, "bytes": _size_of(folder)})
+        return found
+
+    def prune_migrated(self, older_than_days: float = 0.0) -> list[dict]:
+        """Delete those folders, or those left more than ``older_than_days`` ago."""
+        if not inputs.is_positive(older_than_days, zero=True):
+            raise inputs.InvalidValue(f"older-than: {older_than_days!r} is not a number of days, 0 or more")
+        cutoff = time.time() - older_than_days * 86400
+        pruned = [entry for entry in self.migrated() if entry["left_at"] <= cutoff]
+        for entry in pruned:
+            statedir.remove_tree(self.root, Path(entry["folder"]))
+        return pruned
 
     def host_info(self) -> dict:
         from .hostinfo import host_info

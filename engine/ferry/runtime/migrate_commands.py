@@ -84,9 +84,7 @@ def _tls_options(parser) -> None:
     parser.add_argument("--tls-ca", type=Path, help="CA certificate the peer's certificate must chain to")
 
 
-def register(sub) -> None:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--state-dir", help="state directory (default $FERRY_STATE_DIR or /var/lib/ferry)")
+def register(sub, common) -> None:
 
     parser = sub.add_parser("migrate", parents=[common], help="move a VM to another host")
     parser.add_argument("name")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 
 from . import snapshots
 from .host import Host
@@ -48,12 +47,10 @@ def cmd_verify(args):
 def cmd_restore(args):
     return snapshots.restore_snapshot(Host(args.state_dir), args.name, args.id, as_name=args.as_name,
                                       replace=args.replace, eager=args.eager,
-                                      verify_memory=not args.no_verify)
+                                      verify_memory=not args.no_verify, overcommit=args.overcommit)
 
 
-def register(sub) -> None:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--state-dir", help="state directory (default $FERRY_STATE_DIR or /var/lib/ferry)")
+def register(sub, common) -> None:
     group = sub.add_parser("snapshot", help="save, list, delete and verify snapshots of a VM")
     actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
 
@@ -84,6 +81,8 @@ def register(sub) -> None:
     restore.add_argument("--as", dest="as_name", metavar="NEWNAME", help="restore as a new VM (a clone)")
     restore.add_argument("--replace", action="store_true", help="power off the running VM and restore over it")
     restore.add_argument("--eager", action="store_true", help="copy memory in now instead of mapping it")
+    restore.add_argument("--overcommit", action="store_true",
+                         help="restore even if the VMs' memory exceeds this host's")
     restore.add_argument("--no-verify", action="store_true",
                          help="skip the memory checksums (the manifest and state are always checked)")
     restore.set_defaults(func=cmd_restore, render=lambda vm: print(f"{vm['name']}: {vm['state']} (restored)"))

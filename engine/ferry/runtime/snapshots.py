@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from .. import inputs
 from ..errors import Conflict, NotFound
 from ..snapshot import format as fmt
-from ..snapshot import restore
+from ..snapshot import reader, save
 from ..snapshot.save import summary
-from . import control, statedir
+from . import control, definition as defn, statedir
 from .host import START_TIMEOUT, Host
 
 SAVE_TIMEOUT = 3600.0
@@ -45,70 +46,121 @@ def create(host: Host, name: str, snapshot_id: str | None = None, tags=(), exit:
     if not vmdir.process_alive():
         raise Conflict(f"{name}: the VM is not running; a snapshot saves a running VM")
     snapshot_id = _check_id(snapshot_id) if snapshot_id else _new_id(vmdir)
-    if vmdir.snapshot_dir(snapshot_id).exists():
+    folder = vmdir.snapshot_dir(snapshot_id)
+    if os.path.lexists(folder):
         raise Conflict(f"snapshot: {name} already has a snapshot {snapshot_id!r}")
-    vmdir.snapshots.mkdir(exist_ok=True, mode=0o700)
-    result = control.request(vmdir.socket, "snapshot", timeout=SAVE_TIMEOUT, id=snapshot_id,
-                             tags=list(tags), exit=exit, live=live, origin=origin or {"kind": "manual"},
-                             compress=compress)
+    save.reserve(folder)
+    try:
+        result = control.request(vmdir.socket, "snapshot", timeout=SAVE_TIMEOUT, id=snapshot_id,
+                                 tags=list(tags), exit=exit, live=live, origin=origin or {"kind": "manual"},
+                                 compress=compress)
+    except BaseException:
+        # The VM process removes the claim of a save it failed; one that never got the request cannot.
+        if not vmdir.process_alive():
+            statedir.remove_tree(host.root, save.partial_of(folder))
+        raise
     if exit:
         # As bhyvectl --suspend: return once the VM is gone, so a restore can follow at once.
         host.wait_exit(vmdir, STOP_AFTER_SAVE_TIMEOUT)
     return result
 
 
+def load(folder, verify_memory: bool = True) -> reader.Snapshot:
+    """A snapshot with every file and field checked, its definition by this engine's rules."""
+    return reader.load(folder, defn.validate, verify_memory)
+
+
 def list_snapshots(host: Host, name: str) -> list[dict]:
+    """Every snapshot, structure and sizes checked (not the memory digests: that is
+    ``verify``); a damaged one is listed with the reason."""
     vmdir = host.existing(name)
     found = []
     for snapshot_id in vmdir.snapshot_ids():
         folder = vmdir.snapshot_dir(snapshot_id)
         try:
-            found.append(summary(folder, fmt.read_manifest(folder)))
+            found.append(summary(folder, load(folder, verify_memory=False).manifest))
         except fmt.SnapshotError as err:
             found.append({"id": snapshot_id, "path": str(folder), "error": str(err)})
     return found
 
 
 def delete(host: Host, name: str, snapshot_id: str) -> dict:
-    _, folder = _folder(host, name, snapshot_id)
+    vmdir, folder = _folder(host, name, snapshot_id)
+    host.check_operation("snapshot-delete", vmdir)
     statedir.remove_tree(host.root, folder)
     return {"id": snapshot_id, "vm": name, "deleted": True}
 
 
 def verify(host: Host, name: str, snapshot_id: str) -> dict:
     _, folder = _folder(host, name, snapshot_id)
-    manifest = fmt.verify(folder)
-    restore.check_sections(manifest)
+    manifest = load(folder).manifest
     return {**summary(folder, manifest), "verified": True,
             "sections": len(manifest["sections"]), "chunks": len(manifest["memory"]["chunks"])}
 
 
 def restore_snapshot(host: Host, name: str, snapshot_id: str, as_name: str | None = None, replace: bool = False,
-            eager: bool = False, verify_memory: bool = True, timeout: float = START_TIMEOUT) -> dict:
+            eager: bool = False, verify_memory: bool = True, timeout: float = START_TIMEOUT,
+            overcommit: bool = False) -> dict:
+    timeout = inputs.seconds(timeout)
     vmdir, folder = _folder(host, name, snapshot_id)
+    if as_name is not None:
+        inputs.vm_name(as_name, "as")
+    else:
+        host.check_operation("restore", vmdir)
     # Everything is checked before a running VM is touched: a bad snapshot changes nothing.
-    manifest = fmt.verify(folder) if verify_memory else fmt.read_manifest(folder)
-    restore.check_sections(manifest)
-    target = _target(host, vmdir, manifest, as_name, replace)
-    extra = ("--restore", str(folder)) + (("--eager",) if eager else ()) + ("--no-verify",)
+    snapshot = load(folder, verify_memory)
+    start = Start(eager, timeout, overcommit)
+    if as_name is None:
+        return _restore_in_place(host, vmdir, snapshot, replace, start)
+    return _restore_as(host, snapshot, as_name, start)
+
+
+@dataclass(frozen=True)
+class Start:
+    """How the restored VM process is started."""
+    eager: bool
+    timeout: float
+    overcommit: bool
+
+
+def _spawn(host: Host, target, snapshot: reader.Snapshot, start: Start) -> dict:
+    # The VM process checks the snapshot again (it may have changed since), memory digests aside.
+    extra = ("--restore", str(snapshot.folder)) + (("--eager",) if start.eager else ()) + ("--no-verify",)
     lock = target.start_lock()
     try:
-        host._spawn(target, timeout, extra)
+        host._spawn(target, start.timeout, extra, overcommit=start.overcommit)
     finally:
         os.close(lock)
     return host.describe(target)
 
 
-def _target(host: Host, vmdir, manifest: dict, as_name: str | None, replace: bool):
-    if as_name is None:
-        if vmdir.process_alive():
-            if not replace:
-                raise Conflict(f"{vmdir.name}: the VM is running; use --replace to restore over it, "
-                               "or --as NEWNAME to restore a clone beside it")
-            host.poweroff(vmdir.name)
-        return vmdir
+def _shape(vcpus: int, memory: int) -> str:
+    return f"{vcpus} vCPU{'s' if vcpus != 1 else ''} and {memory} MiB"
+
+
+def _restore_in_place(host: Host, vmdir, snapshot: reader.Snapshot, replace: bool, start: Start) -> dict:
+    current, saved = vmdir.load_definition(), snapshot.definition
+    if (current.vcpus, current.memory) != (saved.vcpus, saved.memory):
+        raise Conflict(f"snapshot {snapshot.folder.name} has {_shape(saved.vcpus, saved.memory)}, VM "
+                       f"{vmdir.name} is now defined with {_shape(current.vcpus, current.memory)}: "
+                       f"restore it --as NEWNAME, or define {vmdir.name} back")
+    if vmdir.process_alive():
+        if not replace:
+            raise Conflict(f"{vmdir.name}: the VM is running; use --replace to restore over it, "
+                           "or --as NEWNAME to restore a clone beside it")
+        host.poweroff(vmdir.name)
+    return _spawn(host, vmdir, snapshot, start)
+
+
+def _restore_as(host: Host, snapshot: reader.Snapshot, as_name: str, start: Start) -> dict:
+    """A clone from the snapshot's own definition; if it does not start, nothing of it stays."""
     if host.get(as_name) is not None:
         raise Conflict(f"as: a VM named {as_name!r} is already defined")
-    definition = {**manifest["definition"], "name": as_name}
-    host.define(definition)
-    return host.vmdir(as_name)
+    host.define({**snapshot.manifest["definition"], "name": as_name})
+    target = host.vmdir(as_name)
+    try:
+        return _spawn(host, target, snapshot, start)
+    except BaseException:
+        if not target.process_alive():
+            statedir.remove_tree(host.root, target.path)
+        raise

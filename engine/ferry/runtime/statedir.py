@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import json
 import os
 import shutil
@@ -44,22 +45,26 @@ def open_private(path: Path, flags: int, mode: int = 0o600) -> int:
         raise
 
 
-def check_inside(root: Path, path: Path) -> Path:
-    """``path`` itself is no link and, resolved, lies inside ``root``: the one check every
-    folder the engine creates, writes or deletes goes through."""
-    if path.is_symlink():
+def check_inside(root: Path, path: Path, link_ok: bool = False) -> Path:
+    """``path`` lies inside ``root`` (its parents resolved, the entry itself not followed) and,
+    unless ``link_ok``, is no link: the one check every folder the engine creates, writes or
+    deletes goes through."""
+    if path.is_symlink() and not link_ok:
         raise OutsideStateDir(f"{path}: is a symbolic link; Ferry does not follow links "
                               "in its state directory")
     top = os.path.realpath(root)
-    if os.path.commonpath([top, os.path.realpath(path)]) != top:
+    entry = os.path.join(os.path.realpath(path.parent), path.name)
+    if os.path.commonpath([top, entry]) != top:
         raise OutsideStateDir(f"{path}: resolves outside the state directory {root}")
     return path
 
 
 def remove_tree(root: Path, path: Path) -> None:
-    """Delete a folder of the state directory (rmtree never follows links below it);
-    one already gone is fine."""
-    if os.path.lexists(path):
+    """Delete a folder of the state directory; one already gone is fine. A link is removed
+    itself, never what it points to (and rmtree never follows links below a folder)."""
+    if path.is_symlink():
+        check_inside(root, path, link_ok=True).unlink()
+    elif os.path.lexists(path):
         shutil.rmtree(check_inside(root, path))
 
 
@@ -94,13 +99,15 @@ class VmDir:
         return self.path / "snapshots"
 
     def snapshot_dir(self, snapshot_id: str) -> Path:
-        return check_inside(self.root, self.snapshots / inputs.snapshot_id(snapshot_id))
+        # A link is allowed here only so it can be listed as damaged and deleted: the
+        # snapshot reader opens nothing through it.
+        return check_inside(self.root, self.snapshots / inputs.snapshot_id(snapshot_id), link_ok=True)
 
     def snapshot_ids(self) -> list[str]:
         if not self.snapshots.is_dir():
             return []
         return sorted(p.name for p in self.snapshots.iterdir()
-                      if inputs.SNAPSHOT_ID.fullmatch(p.name) and p.is_dir() and not p.is_symlink())
+                      if inputs.SNAPSHOT_ID.fullmatch(p.name) and (p.is_dir() or p.is_symlink()))
 
     def exists(self) -> bool:
         return self.definition_file.is_file()
@@ -118,7 +125,7 @@ class VmDir:
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def read_status(self) -> dict:
-        return _read_record(self.status_file)
+        return read_record(self.status_file)
 
     def write_status(self, **fields) -> None:
         status = {**self.read_status(), **fields, "updated_at": time.time()}
@@ -130,7 +137,7 @@ class VmDir:
         return self.path / "migration.json"
 
     def read_migration(self) -> dict:
-        return _read_record(self.migration_file)
+        return read_record(self.migration_file)
 
     def write_migration(self, durable: bool = True, **fields) -> None:
         """The migration's phase, on disk before it takes effect, so a restart can resolve it."""
@@ -140,10 +147,16 @@ class VmDir:
     def retire(self) -> Path:
         """Move this VM's folder (logs, snapshots) aside once it lives on another host."""
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        target = self.root / "migrated" / f"{self.name}.{stamp}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(self.path, target)
-        return target
+        (self.root / "migrated").mkdir(exist_ok=True, mode=0o700)
+        for suffix in itertools.count(1):
+            # A VM that comes back and leaves again within the second gets a folder of its own.
+            target = self.root / "migrated" / (f"{self.name}.{stamp}" + (f"-{suffix}" if suffix > 1 else ""))
+            try:
+                os.rename(self.path, target)
+                return target
+            except OSError as err:
+                if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
 
     def process_alive(self) -> bool:
         """True while a VM process holds the lock."""
@@ -182,7 +195,7 @@ class VmDir:
 MAX_RECORD = 1 << 20
 
 
-def _read_record(path: Path) -> dict:
+def read_record(path: Path) -> dict:
     """A small JSON record of the engine's own (status, migration phase); {} if absent or unreadable."""
     try:
         fd = open_private(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -203,3 +216,13 @@ def vm_names(root: Path) -> list[str]:
         return []
     return sorted(p.name for p in folder.iterdir()
                   if inputs.VM_NAME.fullmatch(p.name) and not p.is_symlink() and (p / "vm.yaml").is_file())
+
+
+def migrated_folders(root: Path) -> list[Path]:
+    """Folders of VMs that left this host (``NAME.STAMP``), oldest first."""
+    folder = root / "migrated"
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if not p.is_symlink() and p.is_dir()
+             and inputs.VM_NAME.fullmatch(p.name.rsplit(".", 1)[0])]
+    return sorted(found, key=lambda p: p.stat().st_mtime)

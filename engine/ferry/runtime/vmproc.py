@@ -12,6 +12,7 @@ and records why.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import signal
@@ -26,7 +27,7 @@ from ..machine.vcpu import GuestEvent, RunState, install_kick_handler
 from ..machine.vm import Event, Machine, MachineSpec
 from ..snapshot import restore, save
 from . import operations as ops
-from . import statedir
+from . import snapshots, statedir
 from .control import ControlServer
 from .outgoing import Outgoing
 
@@ -126,9 +127,18 @@ class VmProcess:
                                 boot_count=self.boot_count, started_at=time.time())
 
     def restore(self, folder: Path, lazy: bool, verify_memory: bool) -> None:
-        self.machine, manifest = restore.build(folder, self.console, spec_of(self.definition),
-                                               lazy=lazy, verify_memory=verify_memory)
-        log(f"restored from snapshot {manifest['id']} ({'lazy' if lazy else 'eager'})")
+        """Run the snapshot in its own shape and definition (under this VM's name): the
+        saved vCPUs and memory need a machine like the one they came from. A refused
+        restore closes the control socket, leaving the VM as it was."""
+        try:
+            snapshot = snapshots.load(folder, verify_memory)
+            definition = dataclasses.replace(snapshot.definition, name=self.definition.name)
+            self.machine = restore.build(snapshot, self.console, spec_of(definition), lazy=lazy)
+        except BaseException:
+            self.server.close()
+            raise
+        self.definition = definition
+        log(f"restored from snapshot {snapshot.manifest['id']} ({'lazy' if lazy else 'eager'})")
         self.boot_count = 1
         self._started(restored_from=str(folder))
 
@@ -296,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
             process.boot()
     except Exception as err:
         message = str(err) if isinstance(err, (FerryError, OSError)) else f"{type(err).__name__}: {err}"
-        vmdir.write_status(state="crashed", error=message, stopped_at=time.time())
+        if not args.restore:  # a refused restore changed nothing: the VM stays as it was
+            vmdir.write_status(state="crashed", error=message, stopped_at=time.time())
         traceback.print_exc()
         _detach_stdio(stdout, f"error: {message}")
         return 1

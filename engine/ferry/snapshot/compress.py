@@ -14,9 +14,10 @@ from pathlib import Path
 
 import zstandard
 
-from .format import CHUNK_SIZE, ZERO_CHUNK_DIGEST, SnapshotError, digest
+from .format import CHUNK_SIZE, MEMORY, ZERO_CHUNK_DIGEST, SnapshotError, digest, open_private
 
 SUFFIX = ".zst"
+NAME = MEMORY + SUFFIX
 LEVEL = 3
 
 
@@ -25,7 +26,7 @@ def compress_file(raw: Path) -> dict:
     started = time.perf_counter()
     target = raw.with_name(raw.name + SUFFIX)
     compressor = zstandard.ZstdCompressor(level=LEVEL, threads=-1)
-    with open(raw, "rb") as source, open(target, "wb") as sink:
+    with open(raw, "rb") as source, open_private(target) as sink:
         compressor.copy_stream(source, sink, read_size=CHUNK_SIZE)
         sink.flush()
         os.fsync(sink.fileno())
@@ -34,15 +35,17 @@ def compress_file(raw: Path) -> dict:
             "compress_ms": (time.perf_counter() - started) * 1000}
 
 
-def chunks(path: Path, size: int):
-    """The raw chunks of a compressed memory file, in order."""
-    with open(path, "rb") as source:
+def chunks(fd: int, size: int):
+    """The raw chunks of a compressed memory file (an open, checked ``fd``, left open), in order.
+    Only ``size`` bytes are ever decompressed, whatever the file claims."""
+    with open(fd, "rb", closefd=False) as source:
+        source.seek(0)
         reader = zstandard.ZstdDecompressor().stream_reader(source, read_size=CHUNK_SIZE)
         for start in range(0, size, CHUNK_SIZE):
             want = min(CHUNK_SIZE, size - start)
             data = _read_exactly(reader, want)
             if len(data) != want:
-                raise SnapshotError(f"{path.name}: ends at guest byte {start + len(data):#x}, "
+                raise SnapshotError(f"{NAME}: ends at guest byte {start + len(data):#x}, "
                                     f"expected {size:#x} (truncated?)")
             yield start, data
 
@@ -53,7 +56,7 @@ def _read_exactly(reader, count: int) -> bytes:
         try:
             part = reader.read(count - got)
         except zstandard.ZstdError as err:
-            raise SnapshotError(f"memory.raw.zst: cannot decompress ({err})") from None
+            raise SnapshotError(f"{NAME}: cannot decompress ({err})") from None
         if not part:
             break
         parts.append(part)
@@ -61,11 +64,11 @@ def _read_exactly(reader, count: int) -> bytes:
     return b"".join(parts)
 
 
-def digests(path: Path, size: int) -> list[str]:
-    return [digest(data) for _, data in chunks(path, size)]
+def digests(fd: int, size: int) -> list[str]:
+    return [digest(data) for _, data in chunks(fd, size)]
 
 
-def load_into(view, path: Path, size: int) -> None:
-    for start, data in chunks(path, size):
+def load_into(view, fd: int, size: int) -> None:
+    for start, data in chunks(fd, size):
         if digest(data) != ZERO_CHUNK_DIGEST:
             view[start:start + len(data)] = data

@@ -12,12 +12,12 @@ A snapshot is a directory:
 
 Older section versions are upgraded by their owners; newer ones, unknown
 sections and a newer format are refused with the name of what is wrong.
+This module writes the format; ``reader`` is where a snapshot is read and checked.
 """
 
 from __future__ import annotations
 
 import json
-import mmap
 import os
 from pathlib import Path
 
@@ -47,9 +47,14 @@ def _manifest_digest(manifest: dict) -> str:
     return digest(json.dumps(body, sort_keys=True).encode())
 
 
+def open_private(path: Path, mode: str = "wb"):
+    """A new file only its owner can read: a snapshot holds all of the guest's memory and state."""
+    return open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), mode)
+
+
 def write_state(folder: Path, sections: list[Section]) -> list[dict]:
     entries, offset = [], 0
-    with open(folder / STATE, "wb") as handle:
+    with open_private(folder / STATE) as handle:
         for section in sections:
             handle.write(section.data)
             entries.append({"name": section.name, "version": section.version, "offset": offset,
@@ -60,43 +65,14 @@ def write_state(folder: Path, sections: list[Section]) -> list[dict]:
     return entries
 
 
-def write_manifest(folder: Path, manifest: dict) -> None:
+def write_manifest(folder: Path, manifest: dict) -> dict:
     manifest = {**manifest, "magic": MAGIC, "format_version": FORMAT_VERSION, "checksum": CHECKSUM}
     manifest["manifest_checksum"] = _manifest_digest(manifest)
-    with open(folder / MANIFEST, "w") as handle:
+    with open_private(folder / MANIFEST, "w") as handle:
         json.dump(manifest, handle, indent=1, sort_keys=True)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def read_manifest(folder: Path) -> dict:
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except FileNotFoundError:
-        raise SnapshotError(f"{folder.name}: no {MANIFEST}") from None
-    except (ValueError, UnicodeDecodeError) as err:
-        raise SnapshotError(f"{MANIFEST}: not valid JSON ({err})") from None
-    if not isinstance(manifest, dict) or manifest.get("magic") != MAGIC:
-        raise SnapshotError(f"{MANIFEST}: not a Ferry snapshot (magic {manifest.get('magic')!r})"
-                            if isinstance(manifest, dict) else f"{MANIFEST}: not a Ferry snapshot")
-    if manifest.get("manifest_checksum") != _manifest_digest(manifest):
-        raise SnapshotError(f"{MANIFEST}: checksum mismatch, the manifest was altered or damaged")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise SnapshotError(f"{MANIFEST}: format version {version} is newer than this engine's {FORMAT_VERSION}")
     return manifest
-
-
-def read_sections(folder: Path, manifest: dict) -> dict[str, Section]:
-    data = (folder / STATE).read_bytes()
-    sections = {}
-    for entry in manifest["sections"]:
-        name = entry["name"]
-        raw = data[entry["offset"]:entry["offset"] + entry["length"]]
-        if len(raw) != entry["length"] or digest(raw) != entry["checksum"]:
-            raise SnapshotError(f"section {name}: checksum mismatch in {STATE}")
-        sections[name] = Section(name, entry["version"], raw)
-    return sections
 
 
 def data_ranges(fd: int, size: int):
@@ -129,41 +105,3 @@ def chunk_digests(size: int, read, with_data=None) -> list[str]:
         start = index * CHUNK_SIZE
         digests[index] = digest(read(start, min(CHUNK_SIZE, size - start)))
     return digests
-
-
-def memory_digests(path: Path, size: int) -> list[str]:
-    """Chunk digests of a memory file."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        with_data = chunks_with_data(fd, size)
-        if not with_data:
-            return chunk_digests(size, None, with_data)
-        with mmap.mmap(fd, size, prot=mmap.PROT_READ) as view:
-            return chunk_digests(size, lambda start, length: view[start:start + length], with_data)
-    finally:
-        os.close(fd)
-
-
-def verify(folder: Path) -> dict:
-    """Check every checksum; raise naming the first bad part. Returns the manifest."""
-    manifest = read_manifest(folder)
-    read_sections(folder, manifest)
-    memory = manifest["memory"]
-    path = folder / memory["file"]
-    try:
-        actual = path.stat().st_size
-    except FileNotFoundError:
-        raise SnapshotError(f"{memory['file']}: missing") from None
-    if memory.get("compression") == "zstd":
-        from .compress import digests
-        found = digests(path, memory["size"])
-    elif actual != memory["size"]:
-        raise SnapshotError(f"{memory['file']}: {actual} bytes, expected {memory['size']} (truncated?)")
-    else:
-        found = memory_digests(path, memory["size"])
-    for index, (want, got) in enumerate(zip(memory["chunks"], found)):
-        if want != got:
-            start = index * CHUNK_SIZE
-            raise SnapshotError(f"{memory['file']}: chunk {index} (guest bytes {start:#x}-{start + CHUNK_SIZE - 1:#x}) "
-                                "checksum mismatch")
-    return manifest

@@ -1,4 +1,4 @@
-"""Building a machine from a snapshot directory: nothing but the directory is needed.
+"""Building a machine from a checked snapshot (``reader.load``): nothing but the folder is needed.
 
 Lazy (default): the memory file is mapped copy-on-write, so the guest runs
 as soon as the device state is in and pages load as it touches them. Eager:
@@ -9,70 +9,52 @@ depends on the file.
 from __future__ import annotations
 
 import os
-import re
-from pathlib import Path
 
 from ..machine import state
-from ..machine.vm import DEVICE_STATES, Machine, MachineSpec
+from ..machine.vm import Machine, MachineSpec
 from ..memory import GuestMemory
 from . import format as fmt
-from . import compress, memio
-
-VCPU_SECTION = re.compile(r"^vcpu\.\d+$")
-
-
-def load(folder: Path, verify_memory: bool = True) -> tuple[dict, dict[str, state.Section]]:
-    manifest = fmt.verify(folder) if verify_memory else fmt.read_manifest(folder)
-    return manifest, fmt.read_sections(folder, manifest)
-
-
-def _newest_version(name: str, vcpus: int) -> int:
-    if VCPU_SECTION.match(name) and int(name.split(".")[1]) < vcpus:
-        return state.VCPU_VERSION
-    if name in state.VM_SECTIONS:
-        return state.KVM_VM_VERSION
-    if name in DEVICE_STATES:
-        return DEVICE_STATES[name].VERSION
-    raise fmt.SnapshotError(f"section {name}: unknown to this engine")
+from . import compress, memio, reader
 
 
 def check_sections(manifest: dict) -> None:
-    """Refuse sections this engine does not know, or knows only in an older version."""
-    vcpus = manifest["definition"]["vcpus"]
-    for entry in manifest["sections"]:
-        newest = _newest_version(entry["name"], vcpus)
-        if entry["version"] > newest:
-            raise fmt.SnapshotError(f"section {entry['name']}: version {entry['version']} is newer "
-                                    f"than this engine's {newest}")
+    """Refuse sections this engine does not know, or knows only in an older version
+    (for an incoming migration, whose sections arrive without a snapshot)."""
+    reader.check_section_versions(manifest["definition"]["vcpus"], manifest["sections"])
 
 
-def _memory(folder: Path, manifest: dict, lazy: bool) -> GuestMemory:
-    size = manifest["memory"]["size"]
-    if manifest["memory"].get("compression") == "zstd":
-        memory = GuestMemory(size)
-        compress.load_into(memory.view, folder / manifest["memory"]["file"], size)
-        return memory
-    fd = os.open(folder / manifest["memory"]["file"], os.O_RDONLY | os.O_CLOEXEC)
-    if lazy:
-        return GuestMemory(size, fd=fd, private=True)
+def _memory(snapshot: reader.Snapshot, lazy: bool) -> GuestMemory:
+    size = snapshot.memory_size
+    fd = reader.reopen_memory(snapshot)
+    if lazy and not snapshot.compressed:
+        try:
+            return GuestMemory(size, fd=fd, private=True)  # the mapping now owns fd
+        except BaseException:
+            os.close(fd)
+            raise
     try:
         memory = GuestMemory(size)
-        for start, end in fmt.data_ranges(fd, size):
-            memio.copy_into(memory.fd, fd, start, end)
+        if snapshot.compressed:
+            compress.load_into(memory.view, fd, size)
+        else:
+            for start, end in fmt.data_ranges(fd, size):
+                memio.copy_into(memory.fd, fd, start, end)
         return memory
     finally:
         os.close(fd)
 
 
-def build(folder: Path, console, spec: MachineSpec, lazy: bool = True,
-          verify_memory: bool = True) -> tuple[Machine, dict]:
-    """A paused machine holding the snapshot's state, ready to ``start``."""
-    manifest, sections = load(folder, verify_memory)
-    check_sections(manifest)
-    machine = Machine(spec, console, memory=_memory(folder, manifest, lazy))
+def build(snapshot: reader.Snapshot, console, spec: MachineSpec, lazy: bool = True) -> Machine:
+    """A paused machine holding the snapshot's state, ready to ``start``. ``spec`` must
+    be the snapshot's own shape: each saved vCPU needs its vCPU, the memory its size."""
+    definition = snapshot.definition
+    if (spec.vcpus, spec.memory_mib) != (definition.vcpus, definition.memory):
+        raise fmt.SnapshotError(f"snapshot {snapshot.manifest['id']}: saved with {definition.vcpus} vCPUs and "
+                                f"{definition.memory} MiB, cannot restore into {spec.vcpus} and {spec.memory_mib}")
+    machine = Machine(spec, console, memory=_memory(snapshot, lazy))
     try:
-        state.apply(machine, sections)
+        state.apply(machine, snapshot.sections)
     except BaseException:
         machine.close()
         raise
-    return machine, manifest
+    return machine

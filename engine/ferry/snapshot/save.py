@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import __version__
+from ..errors import Conflict
 from ..machine import state
 from . import format as fmt
 from . import memio
@@ -95,13 +96,36 @@ def write_memory(machine, out: int, live: bool, report: SaveReport,
             memio.set_dirty_logging(machine, False)
 
 
+def partial_of(folder: Path) -> Path:
+    return folder.with_name(f".{folder.name}.partial")
+
+
+def reserve(folder: Path) -> Path:
+    """Claim the snapshot id before any memory is written. ``mkdir`` is atomic, so of two
+    saves of one id exactly one gets ``.ID.partial``; the other is refused at once. The
+    check for a finished snapshot comes after the claim, as the rename that finishes a
+    save removes the claim."""
+    folder.parent.mkdir(mode=0o700, exist_ok=True)
+    partial = partial_of(folder)
+    try:
+        partial.mkdir(mode=0o700)
+    except FileExistsError:
+        raise Conflict(f"snapshot: a save of {folder.name} is under way") from None
+    if os.path.lexists(folder):
+        partial.rmdir()
+        raise Conflict(f"snapshot: the VM already has a snapshot {folder.name!r}")
+    return partial
+
+
 def create(machine, folder: Path, definition: dict, origin: dict, tags: list[str],
            live: bool = True, leave_paused: bool = False, compress: bool = False) -> dict:
-    """Save ``machine`` as snapshot ``folder``; resume it unless ``leave_paused``."""
+    """Save ``machine`` as snapshot ``folder``; resume it unless ``leave_paused``.
+    The id is normally reserved (``reserve``) by the caller, outside the VM's lock,
+    so that a second save of it is refused before it waits; else it is reserved here."""
     began = time.perf_counter()
-    partial = folder.with_name(f".{folder.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    partial = partial_of(folder)
+    if not partial.is_dir():
+        reserve(folder)
     report = SaveReport("live" if live else "stop-the-world")
     resume_needed = False
     try:
@@ -122,7 +146,7 @@ def create(machine, folder: Path, definition: dict, origin: dict, tags: list[str
         if compress:
             manifest["memory"].update(compress_file(partial / fmt.MEMORY))
         manifest["save"] = {**report.__dict__, "total_ms": (time.perf_counter() - began) * 1000}
-        fmt.write_manifest(partial, manifest)
+        manifest = fmt.write_manifest(partial, manifest)
         _sync_dir(partial)
         os.rename(partial, folder)
         _sync_dir(folder.parent)
@@ -131,7 +155,7 @@ def create(machine, folder: Path, definition: dict, origin: dict, tags: list[str
         if resume_needed:
             machine.resume()
         raise
-    return summary(folder, fmt.read_manifest(folder))
+    return summary(folder, manifest)
 
 
 def _manifest(snapshot_id: str, machine, definition: dict, origin: dict, tags: list[str],
@@ -154,7 +178,8 @@ def _manifest(snapshot_id: str, machine, definition: dict, origin: dict, tags: l
 def summary(folder: Path, manifest: dict) -> dict:
     save = manifest.get("save", {})
     memory = manifest["memory"]
-    return {"id": manifest["id"], "created": manifest["created"], "origin": manifest["origin"],
+    # The folder's name is the id commands take (a copied snapshot may have been renamed).
+    return {"id": folder.name, "created": manifest["created"], "origin": manifest["origin"],
             "tags": manifest["tags"], "vm": manifest["definition"]["name"],
             "memory_bytes": memory["size"], "disk_bytes": memory.get("compressed_bytes", save.get("disk_bytes")),
             "compression": memory.get("compression"), "compress_ms": memory.get("compress_ms"),

@@ -1,14 +1,19 @@
 """Snapshots on real KVM: save, restore, clone, corruption, crash safety."""
 
-import json
 import os
+import stat
 import subprocess
+import sys
+import time
 
 import pytest
+import yaml
 
+from ferry.runtime.host import Host
 from ferry.snapshot import format as fmt
 
-from support.cli import assert_sequence_continues
+from support.cli import Ferry, assert_sequence_continues
+from support.damage import CORPUS, flip_bit
 
 pytestmark = pytest.mark.kvm
 GUEST = "builtin:selfcheck"
@@ -97,85 +102,65 @@ def test_memory_file_is_sparse(ferry, tmp_path):
     assert snap["disk_bytes"] == used
 
 
-# --- corruption: every damaged part is refused by verify and by restore, by name ---
+# --- damaged and crafted snapshots: refused in one line, by name, with no VM left running ---
 
-def _flip_bit(path, offset):
-    with open(path, "r+b") as handle:
-        handle.seek(offset)
-        byte = handle.read(1)
-        handle.seek(offset)
-        handle.write(bytes([byte[0] ^ 0x10]))
+SMALL = 32  # MiB: the corpus copies the snapshot once per variant
 
 
-def _resign(folder, change):
-    manifest = json.loads((folder / fmt.MANIFEST).read_text())
-    change(manifest, folder)
-    manifest.pop("manifest_checksum")
-    manifest["manifest_checksum"] = fmt._manifest_digest(manifest)
-    (folder / fmt.MANIFEST).write_text(json.dumps(manifest))
-
-
-def _first_data_offset(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.lseek(fd, 0, os.SEEK_DATA) + 12345
-    finally:
-        os.close(fd)
-
-
-def _unknown_section(manifest, folder):
-    extra = b"from the future"
-    offset = (folder / fmt.STATE).stat().st_size
-    with open(folder / fmt.STATE, "ab") as handle:
-        handle.write(extra)
-    manifest["sections"].append({"name": "gpu.0", "version": 1, "offset": offset,
-                                 "length": len(extra), "checksum": fmt.digest(extra)})
-
-
-def _newer_section(manifest, folder):
-    for entry in manifest["sections"]:
-        if entry["name"] == "serial.com1":
-            entry["version"] = 99
-
-
-DAMAGE = {
-    "memory bit": (lambda f: _flip_bit(f / fmt.MEMORY, _first_data_offset(f / fmt.MEMORY)), "memory.raw: chunk"),
-    "state bit": (lambda f: _flip_bit(f / fmt.STATE, 40), "section vcpu.0: checksum"),
-    "manifest bit": (lambda f: _flip_bit(f / fmt.MANIFEST, 60), "manifest.json"),
-    "truncated memory": (lambda f: os.truncate(f / fmt.MEMORY, 2**20), "truncated"),
-    "unknown section": (lambda f: _resign(f, _unknown_section), "section gpu.0"),
-    "newer section version": (lambda f: _resign(f, _newer_section), "section serial.com1"),
-    "newer format": (lambda f: _resign(f, lambda m, _: m.update(format_version=2)), "format version 2"),
-}
+def _copy(source, folder):
+    subprocess.run(["rm", "-rf", str(folder)], check=True)
+    subprocess.run(["cp", "-a", "--sparse=always", str(source), str(folder)], check=True)
 
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
-    """One good snapshot, copied afresh for each kind of damage."""
-    from support.cli import Ferry
+    """One good snapshot of a small 1-vCPU VM, copied afresh for each kind of damage."""
     tmp = tmp_path_factory.mktemp("pristine")
     (tmp / "state").mkdir()
     ferry = Ferry(tmp / "state")
-    running_vm(ferry, tmp)
+    running_vm(ferry, tmp, memory=SMALL)
     ferry.ok("snapshot", "create", "vm1", "--snapshot", "good", "--exit")
     ferry.wait_state("vm1", "stopped")
     return snapshot_folder(ferry, "vm1", "good")
 
 
-@pytest.mark.parametrize("damage", sorted(DAMAGE))
-def test_damaged_snapshot_is_refused_by_name(ferry, tmp_path, pristine, damage):
-    ferry.define(tmp_path, name="vm1", vcpus=1, memory=64, kernel=GUEST, cmdline=BUSY)
+@pytest.fixture(scope="module")
+def stopped_vm(tmp_path_factory):
+    """A stopped VM of the snapshot's shape, for the damaged copies to be restored into."""
+    tmp = tmp_path_factory.mktemp("target")
+    (tmp / "state").mkdir()
+    ferry = Ferry(tmp / "state")
+    ferry.define(tmp, name="vm1", vcpus=1, memory=SMALL, kernel=GUEST, cmdline=BUSY)
+    yield ferry
+    Host(ferry.state_dir).poweroff("vm1", timeout=10)
+
+
+def _refused(result, command, damage):
+    assert result.code != 0, f"ferry {' '.join(command)} accepted a snapshot with {damage.name}"
+    assert "Traceback" not in result.err and len(result.err.strip().splitlines()) == 1, result.err
+    assert damage.words in result.err, result.err
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_damaged_snapshot_is_refused_in_one_line_and_no_vm_runs(stopped_vm, pristine, name):
+    ferry, damage = stopped_vm, CORPUS[name]
     folder = snapshot_folder(ferry, "vm1", "bad")
-    folder.parent.mkdir(parents=True)
-    subprocess.run(["cp", "-a", "--sparse=always", str(pristine), str(folder)], check=True)
-    harm, words = DAMAGE[damage]
-    harm(folder)
-    for command in (("snapshot", "verify", "vm1", "bad"), ("restore", "vm1", "bad")):
-        result = ferry.run(*command)
-        assert result.code != 0, f"{' '.join(command)} accepted a snapshot with a {damage}"
-        assert words in result.err and "Traceback" not in result.err, result.err
-        assert len(result.err.strip().splitlines()) == 1
-    assert ferry.ok("status", "vm1")["state"] == "stopped"
+    folder.parent.mkdir(exist_ok=True)
+    _copy(pristine, folder)
+    damage.harm(folder)
+    commands = [("snapshot", "verify", "vm1", "bad"), ("restore", "vm1", "bad"), ("restore", "vm1", "bad", "--eager")]
+    if not damage.digest_only:
+        commands.append(("restore", "vm1", "bad", "--no-verify"))
+    for command in commands:
+        # A FIFO or a device must never make a command wait.
+        _refused(ferry.run(*command, timeout=30), command, damage)
+        assert ferry.ok("status", "vm1")["state"] == "stopped"
+        assert not (ferry.state_dir / "vms" / "vm1" / "control.sock").exists()
+    listed = ferry.run("snapshot", "list", "vm1", timeout=30)
+    assert listed.code == 0 and "Traceback" not in listed.err and not listed.err, listed.err
+    if not damage.digest_only:
+        assert listed.out.startswith("bad: DAMAGED - ") and len(listed.out.strip().splitlines()) == 1, listed.out
+        assert damage.words in listed.out, listed.out
 
 
 def test_disk_full_during_save_leaves_the_vm_running_and_no_snapshot(ferry, tmp_path):
@@ -211,11 +196,11 @@ def test_compressed_snapshot_verifies_and_restores(ferry, tmp_path):
 def test_memory_damage_that_skips_verification_is_caught_by_the_guest(ferry, tmp_path, pristine):
     """--no-verify restores without the memory checksums; the self-checking guest then
     reports the damaged page itself, as it would any lost or corrupted write."""
-    ferry.define(tmp_path, name="vm1", vcpus=1, memory=64, kernel=GUEST, cmdline=BUSY)
+    ferry.define(tmp_path, name="vm1", vcpus=1, memory=SMALL, kernel=GUEST, cmdline=BUSY)
     folder = snapshot_folder(ferry, "vm1", "bad")
     folder.parent.mkdir(parents=True)
-    subprocess.run(["cp", "-a", "--sparse=always", str(pristine), str(folder)], check=True)
-    _flip_bit(folder / fmt.MEMORY, 16 * 2**20 + 100)  # inside the pages the guest owns
+    _copy(pristine, folder)
+    flip_bit(folder / fmt.MEMORY, 16 * 2**20 + 100)  # inside the pages the guest owns
     assert ferry.run("restore", "vm1", "bad").code != 0
     ferry.ok("restore", "vm1", "bad", "--no-verify")
     text = ferry.wait_console("vm1", rb"HB cpu=0 .* CORRUPT page=0x1000000 ", timeout=30)
@@ -233,3 +218,98 @@ def test_a_save_left_unfinished_by_a_crash_is_never_listed_and_is_cleared(ferry,
     ferry.ok("poweroff", "vm1")
     ferry.ok("start", "vm1")
     assert not partial.exists()
+
+
+def test_a_symlinked_snapshot_folder_is_listed_damaged_and_deleting_it_keeps_the_target(stopped_vm, pristine):
+    ferry = stopped_vm
+    link = snapshot_folder(ferry, "vm1", "linked")
+    link.parent.mkdir(exist_ok=True)
+    link.symlink_to(pristine)
+    listed = ferry.run("snapshot", "list", "vm1")
+    assert "linked: DAMAGED - linked: cannot open the snapshot folder" in listed.out, listed.out
+    refused = ferry.run("restore", "vm1", "linked")
+    assert refused.code != 0 and "a plain directory is required" in refused.err, refused.err
+    ferry.ok("snapshot", "delete", "vm1", "linked")
+    assert not os.path.lexists(link) and (pristine / fmt.MANIFEST).is_file()
+
+
+# --- the snapshot's shape, file modes, concurrent saves, failed clones ---
+
+def test_restore_into_a_vm_redefined_with_one_vcpu_is_refused_and_a_clone_runs_both(ferry, tmp_path):
+    running_vm(ferry, tmp_path, vcpus=2, memory=SMALL)
+    ferry.wait_heartbeats("vm1", 3, cpu=1)
+    ferry.ok("snapshot", "create", "vm1", "--snapshot", "two", "--exit")
+    ferry.wait_state("vm1", "stopped")
+    (tmp_path / "vm1.yaml").write_text(yaml.safe_dump({"name": "vm1", "vcpus": 1, "memory": SMALL,
+                                                       "kernel": GUEST, "cmdline": BUSY}))
+    ferry.ok("define", str(tmp_path / "vm1.yaml"), "--replace")
+    refused = ferry.run("restore", "vm1", "two")
+    assert refused.code != 0 and len(refused.err.strip().splitlines()) == 1, refused.err
+    assert ("snapshot two has 2 vCPUs and 32 MiB, VM vm1 is now defined with 1 vCPU and 32 MiB: "
+            "restore it --as NEWNAME, or define vm1 back") in refused.err
+    assert ferry.ok("status", "vm1")["state"] == "stopped"
+    clone = ferry.ok("restore", "vm1", "two", "--as", "vm2")
+    assert clone["vcpus"] == 2 and clone["state"] == "running"
+    for cpu in (0, 1):
+        ferry.wait_heartbeats("vm2", 3, cpu=cpu)
+        assert_sequence_continues(ferry.heartbeats("vm2", cpu))
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_every_file_of_a_new_snapshot_is_private(ferry, tmp_path, compress):
+    running_vm(ferry, tmp_path, memory=SMALL)
+    ferry.ok("snapshot", "create", "vm1", "--snapshot", "p", *(["--compress"] if compress else []))
+    folder = snapshot_folder(ferry, "vm1", "p")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE(folder.parent.stat().st_mode) == 0o700
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in folder.iterdir()}
+    assert set(modes) == {fmt.MANIFEST, fmt.STATE, fmt.MEMORY + (".zst" if compress else "")}
+    assert set(modes.values()) == {0o600}, modes
+
+
+def test_two_saves_of_one_id_at_once_one_succeeds_the_other_is_refused_at_once(ferry, tmp_path):
+    running_vm(ferry, tmp_path, memory=SMALL)
+    command = [sys.executable, "-m", "ferry.cli", "snapshot", "create", "vm1", "--snapshot", "same",
+               "--stop-the-world"]
+    runs = [subprocess.Popen(command, env=ferry.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    results = [(run.wait(60), *run.communicate()) for run in runs]
+    assert sorted(code for code, *_ in results) == [0, 1], results
+    _, _, err = next(r for r in results if r[0] != 0)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "a save of same is under way" in err or "already has a snapshot 'same'" in err, err
+    assert [s["id"] for s in ferry.ok("snapshot", "list", "vm1")] == ["same"]
+    assert ferry.ok("snapshot", "verify", "vm1", "same")["verified"]
+    assert not list((ferry.state_dir / "vms" / "vm1" / "snapshots").glob(".*"))
+
+
+def test_a_refused_save_of_a_taken_id_is_immediate(ferry, tmp_path):
+    running_vm(ferry, tmp_path, memory=SMALL)
+    partial = ferry.state_dir / "vms" / "vm1" / "snapshots" / ".busy.partial"
+    partial.mkdir(parents=True)  # as while another save of "busy" runs
+    started = time.monotonic()
+    refused = ferry.run("snapshot", "create", "vm1", "--snapshot", "busy")
+    assert refused.code != 0 and "snapshot: a save of busy is under way" in refused.err, refused.err
+    assert time.monotonic() - started < 5 and partial.is_dir()
+
+
+def test_a_failed_restore_leaves_nothing_of_a_clone_and_the_vm_as_it_was(ferry, tmp_path):
+    running_vm(ferry, tmp_path, memory=SMALL)
+    ferry.ok("snapshot", "create", "vm1", "--snapshot", "s", "--compress")
+    # Half the compressed memory: with --no-verify only the VM process, decompressing it, sees that.
+    memory = snapshot_folder(ferry, "vm1", "s") / (fmt.MEMORY + ".zst")
+    os.truncate(memory, memory.stat().st_size // 2)
+    replaced = ferry.run("restore", "vm1", "s", "--replace")
+    assert replaced.code != 0 and "memory.raw.zst" in replaced.err, replaced.err
+    assert ferry.ok("status", "vm1")["state"] == "running", "--replace powered off before checking"
+    failed = ferry.run("restore", "vm1", "s", "--as", "vm2", "--no-verify")
+    assert failed.code != 0 and "memory.raw.zst" in failed.err, failed.err
+    assert len(failed.err.strip().splitlines()) == 1 and "Traceback" not in failed.err, failed.err
+    assert "vm2" not in [vm["name"] for vm in ferry.ok("list")]
+    assert not (ferry.state_dir / "vms" / "vm2").exists()
+    ferry.ok("poweroff", "vm1")
+    failed = ferry.run("restore", "vm1", "s", "--no-verify")
+    assert failed.code != 0 and "memory.raw.zst" in failed.err, failed.err
+    vm = ferry.ok("status", "vm1")
+    assert vm["state"] == "stopped" and vm["error"] is None, vm
+    assert not (ferry.state_dir / "vms" / "vm1" / "control.sock").exists()

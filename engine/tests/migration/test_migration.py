@@ -18,6 +18,19 @@ def test_live_migration_of_a_busy_guest(hosts, tmp_path, token):
     assert h2.ok("status", "m1")["state"] == "running"
 
 
+def test_what_a_vm_left_behind_is_listed_and_pruned(hosts, tmp_path, token):
+    h1, h2 = hosts
+    start_vm(h1, tmp_path)
+    receive(h2, token)
+    migrate(h1, f"{h2.ipv4}:{PORT}", token)
+    [left] = h1.ok("migrated")
+    assert left["name"] == "m1" and left["to"] == f"{h2.ipv4}:{PORT}" and left["bytes"] > 0
+    assert h1.ok("migrated", "prune", "--older-than", "1") == []
+    assert [entry["name"] for entry in h1.ok("migrated", "prune")] == ["m1"]
+    assert h1.ok("migrated") == [] and not list((h1.state_dir / "migrated").iterdir())
+    exactly_one_copy(h2, h1)
+
+
 def test_two_vcpus_migrate(hosts, tmp_path, token):
     h1, h2 = hosts
     start_vm(h1, tmp_path, vcpus=2)

@@ -1,0 +1,233 @@
+"""Reading snapshots without KVM: every damaged or crafted snapshot is refused in one line,
+naming the part, and no input ends in anything but a clean refusal or a valid snapshot."""
+
+import ctypes
+import json
+import os
+import shutil
+import stat
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from ferry.errors import FerryError
+from ferry.machine import state
+from ferry.machine.vm import DEVICE_STATES
+from ferry.runtime import definition as defn
+from ferry.snapshot import format as fmt
+from ferry.snapshot import reader
+from ferry.snapshot.compress import compress_file
+
+from support.damage import CORPUS, manifest_of, write_resigned
+
+MEMORY_MIB = 4
+
+
+def _sections(vcpus: int) -> list[state.Section]:
+    vcpu = {key: "00" * ctypes.sizeof(cls) for key, cls in state.VCPU_STRUCTS.items()}
+    vcpu.update(msrs={"0x10": 5}, mp_state=0)
+    sections = [state.Section(f"vcpu.{index}", 1, json.dumps(vcpu).encode()) for index in range(vcpus)]
+    sections += [state.Section(name, 1, bytes(ctypes.sizeof(cls))) for name, cls in state.VM_STRUCTS.items()]
+    return sections + [state.Section(name, kind.VERSION, kind().to_bytes()) for name, kind in DEVICE_STATES.items()]
+
+
+def build_snapshot(folder, kernel, vcpus=1, compress=False):
+    """A complete, valid snapshot folder as ``save.create`` writes one, without a VM."""
+    folder.mkdir(mode=0o700)
+    size = MEMORY_MIB * 2**20
+    with fmt.open_private(folder / fmt.MEMORY) as handle:
+        handle.truncate(size)
+        handle.seek(3 * 2**20 + 4096)
+        handle.write(b"guest data" * 1000)
+    data = (folder / fmt.MEMORY).read_bytes()
+    memory = {"file": fmt.MEMORY, "size": size, "chunk_size": fmt.CHUNK_SIZE, "compression": None,
+              "chunks": fmt.chunk_digests(size, lambda start, length: data[start:start + length])}
+    if compress:
+        memory.update(compress_file(folder / fmt.MEMORY))
+    fmt.write_manifest(folder, {
+        "id": folder.name, "engine_version": "0.0", "created": "2026-01-01T00:00:00.000000Z",
+        "origin": {"kind": "manual"}, "tags": ["a"], "sections": fmt.write_state(folder, _sections(vcpus)),
+        "definition": {"name": "vm1", "vcpus": vcpus, "memory": MEMORY_MIB, "kernel": str(kernel),
+                       "initrd": None, "cmdline": ""},
+        "memory": memory,
+        "save": {"mode": "live", "pause_ms": 1.5, "total_ms": 9.0, "rounds": [4096], "bytes_written": 8192,
+                 "disk_bytes": 8192}})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pristine")
+    kernel = tmp / "kernel.elf"
+    kernel.write_bytes(b"\x7fELF")
+    return build_snapshot(tmp / "good", kernel)
+
+
+def fresh(pristine, tmp_path):
+    copy = tmp_path / "good"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(pristine, copy, symlinks=True)
+    return copy
+
+
+@pytest.fixture
+def folder(pristine, tmp_path):
+    return fresh(pristine, tmp_path)
+
+
+def load(folder, verify_memory=True):
+    return reader.load(folder, defn.validate, verify_memory)
+
+
+def test_a_good_snapshot_loads_with_its_definition_and_sections(folder):
+    snapshot = load(folder)
+    assert (snapshot.definition.vcpus, snapshot.definition.memory) == (1, MEMORY_MIB)
+    assert set(snapshot.sections) == set(reader.newest_versions(1))
+
+
+def test_every_file_of_a_snapshot_is_private(tmp_path, pristine):
+    kernel = pristine.parent / "kernel.elf"
+    for snapshot in (pristine, build_snapshot(tmp_path / "z", kernel, compress=True)):
+        assert stat.S_IMODE(snapshot.stat().st_mode) == 0o700
+        modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in snapshot.iterdir()}
+        assert modes and set(modes.values()) == {0o600}, modes
+    assert load(tmp_path / "z").compressed
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_damaged_snapshot_is_refused_in_one_line_naming_the_part(folder, name):
+    damage = CORPUS[name]
+    damage.harm(folder)
+    for verify_memory in (True, False):
+        if damage.digest_only and not verify_memory:
+            load(folder, verify_memory)  # only the digests see it, and --no-verify skips them
+            continue
+        with pytest.raises(fmt.SnapshotError) as refused:
+            load(folder, verify_memory)
+        message = str(refused.value)
+        assert damage.words in message and len(message.splitlines()) == 1, message
+
+
+def test_the_corpus_covers_every_class():
+    assert len(CORPUS) >= 90
+    for words in ("memory.chunks", "memory.file", "a FIFO", "a symlink", "a directory", "missing",
+                  "nested", "definition", "section", "memory.size"):
+        assert any(words in d.words or words in d.name for d in CORPUS.values()), words
+
+
+def test_a_fifo_is_refused_without_blocking(folder):
+    (folder / fmt.MEMORY).unlink()
+    os.mkfifo(folder / fmt.MEMORY)  # nobody writes to it: an open or read would wait for ever
+    with pytest.raises(fmt.SnapshotError, match="memory.raw: a FIFO"):
+        load(folder, verify_memory=False)
+
+
+def test_a_symlinked_snapshot_folder_is_refused(folder):
+    link = folder.with_name("linked")
+    link.symlink_to(folder)
+    with pytest.raises(fmt.SnapshotError, match="plain directory"):
+        load(link)
+
+
+# --- properties: anything at all ends in a clean refusal or a valid snapshot ---
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=20)
+PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _outcome(folder):
+    try:
+        return load(folder)
+    except FerryError as err:
+        assert len(str(err).splitlines()) == 1, str(err)
+        return None
+
+
+@PROPERTY
+@given(value=json_values, resigned=st.booleans())
+def test_any_json_as_the_manifest_is_refused_cleanly(pristine, tmp_path, value, resigned):
+    folder = fresh(pristine, tmp_path)
+    if resigned:
+        write_resigned(folder, value)
+    else:
+        (folder / fmt.MANIFEST).write_text(json.dumps(value))
+    assert _outcome(folder) is None
+
+
+def _paths(value, prefix=()):
+    yield prefix
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        yield from _paths(child, prefix + (key,))
+
+
+@PROPERTY
+@given(data=st.data())
+def test_any_change_to_a_resigned_manifest_is_refused_or_harmless(pristine, tmp_path, data):
+    folder = fresh(pristine, tmp_path)
+    manifest = manifest_of(folder)
+    manifest.pop("manifest_checksum")
+    paths = [p for p in _paths(manifest) if p and (len(p) < 3 or p[:2] != ("memory", "chunks"))]
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(paths))
+        parent = manifest
+        for key in path[:-1]:
+            parent = parent[key]
+        action = data.draw(st.sampled_from(["set", "delete", "add"]))
+        if action == "delete" or (action == "add" and not isinstance(parent, dict)):
+            del parent[path[-1]]
+        elif action == "add":
+            parent[data.draw(st.text(max_size=8))] = data.draw(json_values)
+        else:
+            parent[path[-1]] = data.draw(json_values)
+        paths = [p for p in _paths(manifest) if p and (len(p) < 3 or p[:2] != ("memory", "chunks"))]
+        if not paths:
+            break
+    write_resigned(folder, manifest)
+    snapshot = _outcome(folder)
+    if snapshot is not None:
+        assert snapshot.manifest["memory"]["size"] == snapshot.definition.memory * 2**20
+
+
+def _state_with(folder, name, data):
+    manifest = manifest_of(folder)
+    old = (folder / fmt.STATE).read_bytes()
+    parts, offset = [], 0
+    for entry in manifest["sections"]:
+        raw = data if entry["name"] == name else old[entry["offset"]:entry["offset"] + entry["length"]]
+        entry.update(offset=offset, length=len(raw), checksum=fmt.digest(raw))
+        parts.append(raw)
+        offset += len(raw)
+    (folder / fmt.STATE).write_bytes(b"".join(parts))
+    write_resigned(folder, manifest)
+
+
+SECTION_NAMES = sorted(reader.newest_versions(1))
+
+
+@PROPERTY
+@given(name=st.sampled_from(SECTION_NAMES), data=st.binary(max_size=600))
+def test_any_bytes_in_a_section_are_refused_cleanly(pristine, tmp_path, name, data):
+    folder = fresh(pristine, tmp_path)
+    _state_with(folder, name, data)
+    _outcome(folder)
+
+
+@PROPERTY
+@given(name=st.sampled_from(SECTION_NAMES), value=json_values, key=st.sampled_from(
+    sorted(state.VCPU_KEYS) + ["ier", "rx_fifo", "ram", "frozen", "offset"]))
+def test_any_json_in_a_section_is_refused_cleanly(pristine, tmp_path, name, value, key):
+    folder = fresh(pristine, tmp_path)
+    _state_with(folder, name, json.dumps({key: value}).encode())
+    _outcome(folder)
+
+
+@PROPERTY
+@given(values=st.fixed_dictionaries({key: json_values for key in sorted(state.VCPU_KEYS)}))
+def test_any_vcpu_values_are_refused_cleanly(pristine, tmp_path, values):
+    folder = fresh(pristine, tmp_path)
+    _state_with(folder, "vcpu.0", json.dumps(values).encode())
+    assert _outcome(folder) is None
