@@ -40,7 +40,10 @@ def spec_of(definition) -> MachineSpec:
 def log(text: str) -> None:
     """The engine log (this process's stderr): what the host did to the VM, and why it stopped."""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    print(f"{stamp} {text}", file=sys.stderr, flush=True)
+    try:
+        print(f"{stamp} {text}", file=sys.stderr, flush=True)
+    except OSError:
+        pass  # a full disk loses the line; it must not stop the VM or the migration
 
 
 class Console:
@@ -50,13 +53,16 @@ class Console:
         self.handle = open(path, "ab", buffering=0)
 
     def write(self, data: bytes) -> None:
-        self.handle.write(data)
+        try:
+            self.handle.write(data)
+        except OSError:
+            pass  # a full disk loses console output, never the guest
 
     def flush(self) -> None:
         pass
 
     def note(self, text: str) -> None:
-        self.handle.write(f"\n[ferry] {text}\n".encode())
+        self.write(f"\n[ferry] {text}\n".encode())
 
 
 class VmProcess:
