@@ -311,6 +311,7 @@ def receive_main(args) -> int:
         incoming.staging.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         if incoming.staging.hold_lock() is None:
             raise FerryError(f"{args.name}: another receiver is already waiting for it")
+        incoming.discard()  # what a receiver killed before us staged: never committed, so none of it stays
     except FerryError as err:
         _detach_stdio(stdout, f"error: {err}")
         return 1
