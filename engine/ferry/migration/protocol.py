@@ -17,10 +17,11 @@
     [source pauses the guest]
     MEM ... (last delta)
     SECTION {name, version, checksum} + bytes ---->    the snapshot sections, checksummed
-    PREPARE {chunk digests of all RAM} ----------->    checks every section and every chunk
+    PREPARE {chunk digests of all RAM} ----------->    checks every section and every chunk,
+                                                       stages the "committed" record
                     <------------------------------- PREPARED   (or FAIL {what})
     [source: phase "handover", guest never resumes here unless told ABORTED]
-    COMMIT --------------------------------------->    phase "committed" on disk, vCPUs start
+    COMMIT --------------------------------------->    rename staging -> vms/NAME (the commit), vCPUs start
                     <------------------------------- DONE
     [source: removes its copy]
 

@@ -2,8 +2,9 @@
 
 ``target`` is the destination host as the receiver needs it
 (``runtime.incoming`` implements it): ``check_offer``, ``create_memory``,
-``build`` (a paused machine from memory and sections), ``commit`` (record
-the phase durably, then run), ``discard`` (drop whatever is staged),
+``build`` (a paused machine from memory and sections), ``ready`` (write
+all the commit needs, before PREPARED), ``commit`` (the one durable step
+that makes the VM this host's, then run), ``discard`` (drop whatever is staged),
 ``log``, and ``name``.
 """
 
@@ -120,7 +121,7 @@ class Receiver:
             self.target.check_offer(offer["definition"], offer["memory"], offer["mode"])
             memory = self.target.create_memory(offer["memory"])
         except Exception as err:  # a bad definition may fail in many ways: each is a refusal
-            reason = str(err) if isinstance(err, FerryError) else f"cannot take this VM: {type(err).__name__}: {err}"
+            reason = _refusal(err)
             self.target.discard()
             self.target.log(f"refused an offer: {reason}")
             tell_refusal(channel, reason)
@@ -182,6 +183,7 @@ class Receiver:
             return self._fail(channel, f"source sent {len(wanted)} chunk digests, expected {len(have)}")
         try:
             machine = self.target.build(definition, memory, sections)
+            self.target.ready()
         except (FerryError, ValueError, OSError) as err:
             return self._fail(channel, f"cannot build the VM here: {err}")
         channel.send(Kind.PREPARED)
@@ -243,6 +245,15 @@ class Receiver:
             except queue.Empty:
                 return
             self._answer(query, kind, "committed")
+
+
+def _refusal(err: Exception) -> str:
+    """Why an offer is refused, in one line: a full disk says so, not as an exception's repr."""
+    if isinstance(err, FerryError):
+        return str(err)
+    if isinstance(err, OSError) and err.strerror:
+        return f"cannot stage this VM here: {err.strerror}"
+    return f"cannot take this VM: {type(err).__name__}: {err}"
 
 
 def _check_range(offset: int, length: int, size: int) -> None:

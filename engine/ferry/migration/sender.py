@@ -18,7 +18,7 @@ from ..errors import FerryError
 from ..snapshot import format as fmt
 from . import protocol
 from ..snapshot.digests import ChunkDigests
-from .protocol import Kind, ProtocolError
+from .protocol import Kind, PeerFailed, ProtocolError
 from .transport import Channel, LinkError
 
 THROTTLE_START, THROTTLE_STEP, THROTTLE_MAX = 0.20, 0.10, 0.99
@@ -71,6 +71,10 @@ def handshake(channel: Channel, token: bytes) -> dict:
     channel.send(Kind.HELLO, {"versions": [protocol.MIN_VERSION, protocol.VERSION],
                               "engine": __version__, "caps": list(protocol.CAPABILITIES)})
     _, hello = channel.expect(Kind.HELLO)
+    if not protocol.MIN_VERSION <= hello["version"] <= protocol.VERSION:
+        # A destination answering with a version this engine does not speak is not to be trusted with the VM.
+        raise ProtocolError(f"no common protocol version: the destination chose {hello['version']}, "
+                            f"this engine speaks {protocol.MIN_VERSION}-{protocol.VERSION}")
     mine = secrets.token_hex(16)
     channel.send(Kind.AUTH, {"nonce": mine, "proof": protocol.proof(token, "source", hello["nonce"], mine)})
     _, answer = channel.expect(Kind.AUTH_OK)
@@ -258,6 +262,10 @@ class Sender:
                     return outcome["state"]
                 finally:
                     channel.close()
+            except PeerFailed as err:
+                # A wrong token or no common version: asking again cannot change the answer.
+                raise InDoubt(f"{err}; the VM stays paused here. Resolve with "
+                              "`ferry migrate NAME --resolve ...` and the right token") from None
             except (LinkError, ProtocolError):
                 time.sleep(1.0)
         raise InDoubt("could not learn whether the destination took over; the VM stays paused here. "

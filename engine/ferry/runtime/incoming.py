@@ -1,10 +1,12 @@
 """The destination side of a migration: the process that waits, receives, and becomes the VM.
 
-It stages everything in ``STATE_DIR/incoming/NAME``; on COMMIT it records
-the phase, moves the folder to ``vms/NAME`` in one rename and starts the
-vCPUs, then goes on as that VM's process. A refused offer leaves nothing staged;
-anything else short of COMMIT removes the staging folder: nothing of the
-VM is left on this host.
+It stages everything in ``STATE_DIR/incoming/NAME``, including the
+committed migration record, before it answers PREPARED; COMMIT is then one
+rename of that folder to ``vms/NAME`` (and a sync of the directory), after
+which it starts the vCPUs and goes on as that VM's process. Nothing after
+the rename needs the disk, so a full one cannot stop a committed VM. A
+refused offer leaves nothing staged; anything else short of COMMIT removes
+the staging folder: nothing of the VM is left on this host.
 """
 
 from __future__ import annotations
@@ -87,10 +89,20 @@ class Incoming:
         state.apply(self.machine, sections)
         return self.machine
 
-    def commit(self, machine, values: dict) -> None:
-        self.staging.write_migration(phase="committed", role="destination", committed_at=time.time())
+    def ready(self) -> None:
+        """Before PREPARED: write everything the commit needs, so the commit writes nothing.
+        The record says committed because the rename publishes it only once it is true;
+        a staging folder is never read as a VM, and is removed if its receiver dies."""
+        self.staging.write_migration(phase="committed", role="destination", prepared_at=time.time())
         self.final.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def commit(self, machine, values: dict) -> None:
+        """The commit point: one rename of the staging folder into ``vms/``, made durable."""
         self.staging.path.rename(self.final.path)
+        try:
+            statedir.sync_directory(self.final.path.parent)
+        except OSError as err:  # the rename is done and visible: that, not the sync, is the commit
+            self.log(f"could not sync {self.final.path.parent} after the commit: {err.strerror}")
         if machine is None:
             self.log("cold migration committed: the VM is defined here, stopped")
             return

@@ -73,12 +73,26 @@ def write_atomic(path: Path, text: str, mode: int = 0o600, durable: bool = True)
     ``durable`` also waits for the disk, for records that must survive a crash."""
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.unlink(missing_ok=True)
-    with os.fdopen(open_private(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w") as handle:
-        handle.write(text)
-        handle.flush()
-        if durable:
-            os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with os.fdopen(open_private(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w") as handle:
+            handle.write(text)
+            handle.flush()
+            if durable:
+                os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError:
+        # A full disk, say: leave no half-written file behind to hold on to the space.
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def sync_directory(path: Path) -> None:
+    """Wait for the disk to hold the directory's entries (a rename into it, say)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class VmDir:
@@ -127,10 +141,15 @@ class VmDir:
     def read_status(self) -> dict:
         return read_record(self.status_file)
 
-    def write_status(self, **fields) -> None:
+    def write_status(self, **fields) -> bool:
+        """Best effort: the lock, not this file, says whether the VM runs, so a full disk
+        must not stop a VM (one just arrived, say); False if it could not be written."""
         status = {**self.read_status(), **fields, "updated_at": time.time()}
-        # Not synced: after a crash the lock, not this file, says whether the VM runs.
-        write_atomic(self.status_file, json.dumps(status, sort_keys=True), durable=False)
+        try:
+            write_atomic(self.status_file, json.dumps(status, sort_keys=True), durable=False)
+        except OSError:
+            return False
+        return True
 
     @property
     def migration_file(self) -> Path:

@@ -41,7 +41,10 @@ def spec_of(definition) -> MachineSpec:
 def log(text: str) -> None:
     """The engine log (this process's stderr): what the host did to the VM, and why it stopped."""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    print(f"{stamp} {text}", file=sys.stderr, flush=True)
+    try:
+        print(f"{stamp} {text}", file=sys.stderr, flush=True)
+    except OSError:
+        pass  # a full disk loses the line; it must not stop the VM or the migration
 
 
 CONSOLE_LIMIT = 16 * 2**20  # console.log moves to console.log.1 past this, so it never fills the disk
@@ -342,6 +345,7 @@ def receive_main(args) -> int:
         incoming.staging.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         if incoming.staging.hold_lock() is None:
             raise FerryError(f"{args.name}: another receiver is already waiting for it")
+        incoming.discard()  # what a receiver killed before us staged: never committed, so none of it stays
     except FerryError as err:
         _detach_stdio(stdout, f"error: {err}")
         return 1

@@ -36,15 +36,13 @@ def token(tmp_path):
     return path
 
 
-
-
 @pytest.fixture
 def relay(lab, hosts):
     """A frame-aware relay in front of the second host's receiver (see support.faultproxy)."""
     made = []
 
-    def make(cut, hold=None):
-        proxy = FaultProxy((lab.require()["root_ipv4"], 0), (hosts[1].ipv4, PORT), cut, hold)
+    def make(cut, hold=None, **options):
+        proxy = FaultProxy((lab.require()["root_ipv4"], 0), (hosts[1].ipv4, PORT), cut, hold, **options)
         made.append(proxy)
         return proxy, f"{lab.require()['root_ipv4']}:{proxy.port}"
 

@@ -7,26 +7,11 @@ import threading
 import pytest
 
 from ferry.migration.protocol import Kind
-from support.labhost import (PORT, beats, exactly_one_copy, receive, start_migration, start_vm, wait_beats,
-                             wait_no_engine, wait_progress)
+from support.labhost import (PORT, assert_busy, beats, conflicting, exactly_one_copy, receive, start_migration,
+                             start_vm, wait_beats, wait_no_engine, wait_progress)
 
 pytestmark = [pytest.mark.kvm, pytest.mark.lab]
 BUSY = "fill=60 rate=max hb=100"
-
-
-def assert_busy(done, *phases: str):
-    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
-    assert "busy: m1 is migrating to" in done.stderr, done.stderr
-    assert any(f"({phase})" in done.stderr for phase in phases), done.stderr
-
-
-def conflicting(host, tmp_path, token):
-    """Every operation a careless operator might type while the VM is moving."""
-    return {"pause": host.run("pause", "m1"), "resume": host.run("resume", "m1"),
-            "stop": host.run("stop", "m1", "--timeout", "1"),
-            "snapshot": host.run("snapshot", "create", "m1", "--snapshot", "during"),
-            "define": host.run("define", str(tmp_path / "m1.yaml"), "--replace"),
-            "migrate": host.run("migrate", "m1", "--to", "127.0.0.1:9", "--token-file", str(token))}
 
 
 def test_during_the_handover_only_the_migration_moves_the_vm(hosts, tmp_path, token, relay):

@@ -324,7 +324,7 @@ CRAFTED = [
         memory=m["definition"]["memory"] * 2)), "memory.size"),
     Damage("definition memory odd", _definition(memory=3), "definition: memory"),
     Damage("definition bad name", _definition(name="../x"), "definition: name"),
-    Damage("definition unknown key", _definition(disks=[]), "definition: disks"),
+    Damage("definition unknown key", _definition(disks=[]), "definition: 'disks': unknown key"),
     Damage("definition kernel relative", _definition(kernel="kernel.elf"), "definition: kernel"),
     Damage("definition kernel missing", _definition(kernel="/nonexistent/kernel.elf"), "definition: kernel"),
     Damage("definition not a mapping", _field("definition", "vm1"), "definition"),

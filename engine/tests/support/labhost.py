@@ -1,6 +1,8 @@
 """Two lab hosts driven with the ferry CLI, and the checks a user makes after a migration."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -134,9 +136,10 @@ def wait_no_engine(host: Host, timeout: float = 30) -> None:
     raise AssertionError(f"{host.name}: engine processes still running: {host.vm_processes()}")
 
 
-def exactly_one_copy(running_on: Host, other: Host, name="m1", cpus=(0,)) -> None:
+def exactly_one_copy(running_on: Host, other: Host, name="m1", cpus=(0,), gaps=False) -> None:
     """The user's check: one host runs the VM and keeps heartbeating, the other has nothing,
-    and the guest's heartbeats run on without a gap or a CORRUPT across the move."""
+    and the guest's heartbeats run on without a gap or a CORRUPT across the move (``gaps``:
+    lines may be missing from a log whose disk was full)."""
     assert running_on.ok("status", name)["state"] == "running"
     assert name not in other.vm_names()
     wait_no_engine(other)
@@ -144,7 +147,68 @@ def exactly_one_copy(running_on: Host, other: Host, name="m1", cpus=(0,)) -> Non
     count = len(beats(running_on, name))
     wait_beats(running_on, name, count + 3)
     for cpu in cpus:
-        assert_sequence_continues(beats([running_on, other], name, cpu))
+        assert_sequence_continues(beats([running_on, other], name, cpu), gaps)
+
+
+def one_stopped_copy(stopped_on: Host, other: Host, name="m1") -> None:
+    """After the VM itself was killed or powered off: it exists once, not running, on
+    ``stopped_on``; nothing of it anywhere else; and that copy is whole (it starts again)."""
+    wait_no_engine(stopped_on)
+    assert stopped_on.ok("status", name)["state"] in ("stopped", "crashed")
+    assert name not in other.vm_names()
+    wait_no_engine(other)
+    assert not other.sh(f"ls /var/lib/ferry/incoming/{name} 2>/dev/null").strip(), "staging left behind"
+    stopped_on.ok("start", name)
+    wait_beats(stopped_on, name, len(beats(stopped_on, name)) + 2)
+
+
+def receiver_waits_on(host: Host, pid: int, name="m1", staged=("vm.lock",)) -> None:
+    """A receiver that never took an offer waits on for the right source, holding nothing
+    but its lock; ended (SIGTERM), it removes its staging folder."""
+    assert pid in host.vm_processes(), "the receiver should still be waiting"
+    assert name not in host.vm_names()
+    if staged is not None:
+        assert host.sh(f"ls -A /var/lib/ferry/incoming/{name}").split() == list(staged)
+    os.kill(pid, signal.SIGTERM)
+    wait_no_engine(host)
+    assert not host.sh(f"ls /var/lib/ferry/incoming/{name} 2>/dev/null").strip(), "staging left behind"
+
+
+def small_disk(host: Host, size="16m") -> None:
+    """A small filesystem for the host's /var/lib/ferry, inside its mount namespace only;
+    the tests then read the host's files through its sshd's view of the root."""
+    host.sh(f"mount -t tmpfs -o size={size},mode=0755 ferry-small /var/lib/ferry")
+    host.state_dir = Path(f"/proc/{host.lab.host(host.name)['sshd_pid']}/root/var/lib/ferry")
+
+
+def fill_disk(host: Host) -> None:
+    host.sh("dd if=/dev/zero of=/var/lib/ferry/filler bs=64k 2>/dev/null")
+    assert "No space" in host.sh("echo x > /var/lib/ferry/probe 2>&1 || echo 'No space'"), "disk not full"
+
+
+def free_disk(host: Host) -> None:
+    host.sh("rm -f /var/lib/ferry/filler /var/lib/ferry/probe")
+
+
+def drop_small_disk(host: Host, info: dict) -> None:
+    host.cleanup()
+    host.sh("umount /var/lib/ferry || umount -l /var/lib/ferry")
+    host.state_dir = Path(info["root"]) / "var-lib-ferry"
+
+
+def assert_busy(done, *phases: str) -> None:
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "busy: m1 is migrating to" in done.stderr, done.stderr
+    assert any(f"({phase})" in done.stderr for phase in phases), done.stderr
+
+
+def conflicting(host: Host, tmp_path, token) -> dict:
+    """Every operation a careless operator might type while the VM is moving."""
+    return {"pause": host.run("pause", "m1"), "resume": host.run("resume", "m1"),
+            "stop": host.run("stop", "m1", "--timeout", "1"),
+            "snapshot": host.run("snapshot", "create", "m1", "--snapshot", "during"),
+            "define": host.run("define", str(tmp_path / "m1.yaml"), "--replace"),
+            "migrate": host.run("migrate", "m1", "--to", "127.0.0.1:9", "--token-file", str(token))}
 
 
 def start_migration(h1, to, token, *extra):
