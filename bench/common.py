@@ -68,11 +68,12 @@ def anchor_missing(why: str | None, args) -> str:
     return why or ""
 
 
-def run(main) -> None:
-    """Exit with ``main``'s status; a benchmark that cannot measure says why in one line, exit 1."""
+def run(main, *errors: type[Exception]) -> None:
+    """Exit with ``main``'s status; a benchmark that cannot measure (a ``BenchError``, or one
+    of ``errors``) says why in one line and exits 1."""
     try:
         status = main()
-    except BenchError as err:
+    except (BenchError, *errors) as err:
         print(f"error: {err}", file=sys.stderr)
         status = 1
     sys.exit(status)

@@ -5,8 +5,9 @@ beside this disk's own bandwidth and QEMU saving and restoring the same footprin
 
 Ferry's guest is the self-checking guest with ``fill=10 rate=0``: about 10 % of its
 usable RAM holds non-zero patterns, written once and then only read (1 GiB and 4 GiB;
-``--quick``: 1 GiB; ``--smoke``: 128 MiB, once, every row and anchor). QEMU runs a Linux guest under ``-accel tcg`` that first reports what
-its kernel leaves non-zero, then fills tmpfs up to Ferry's footprint (see bench/qemu.py).
+``--quick``: 1 GiB; ``--smoke``: 128 MiB, once, every row and anchor). QEMU runs a Linux
+guest under ``-accel tcg`` that first reports what its kernel leaves non-zero, then fills
+tmpfs up to Ferry's footprint (see bench/qemu.py).
 """
 
 from __future__ import annotations
