@@ -13,16 +13,23 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+# Imported here, not when first used, so no timed span pays for an import.
+from ferry.kvm import abi
+from ferry.machine.vcpu import install_kick_handler as _install_kick_handler
+from ferry.machine.vm import Machine, MachineSpec
+from ferry.runtime import control, definition, snapshots
+from ferry.runtime.vmproc import spec_of
+from ferry.snapshot import format as fmt
+from ferry.snapshot import restore
+
 
 def install_kick_handler() -> None:
     """The signal handler the engine's vCPU threads need, installed once per process."""
-    from ferry.machine.vcpu import install_kick_handler as install
-    install()
+    _install_kick_handler()
 
 
 def control_request(socket: Path, op: str) -> dict:
     """One request to a VM process's control socket (its status carries ``exits``)."""
-    from ferry.runtime import control
     return control.request(socket, op, timeout=10)
 
 
@@ -30,7 +37,6 @@ def control_request(socket: Path, op: str) -> dict:
 
 def exit_machine(elf: Path, console):
     """A booted, not yet started, 1-vCPU 64 MiB machine that runs ``elf``."""
-    from ferry.machine.vm import Machine, MachineSpec
     machine = Machine(MachineSpec("bench-exits", 1, 64, elf), console)
     machine.boot()
     return machine
@@ -38,13 +44,11 @@ def exit_machine(elf: Path, console):
 
 def kvm_run_call(machine) -> tuple[int, int]:
     """(vCPU 0's fd, the KVM_RUN request number): all a bare loop passes to ``ioctl``."""
-    from ferry.kvm import abi
     return machine.vcpus[0].fd.fd, abi.IOCTLS["KVM_RUN"]
 
 
 def left_on_port_io(machine) -> str | None:
     """None if vCPU 0's last exit was port I/O, else what it was."""
-    from ferry.kvm import abi
     reason = machine.vcpus[0].fd.run_state.exit_reason
     return None if reason == abi.EXIT_IO else f"exit reason {reason}"
 
@@ -64,21 +68,16 @@ def _checked_reader():
     it returns. Both shapes are served here so the benchmark runs on either side of that
     change; the older branch can go once every engine has the reader.
     """
-    from ferry.runtime import snapshots
     return getattr(snapshots, "load", None)
 
 
 def restore_machine(folder: Path, console, lazy: bool):
     """A paused machine built from the snapshot in ``folder``, as the VM process builds it
     for ``ferry restore`` once the command has verified the memory (so no digests here)."""
-    from ferry.runtime import definition
-    from ferry.runtime.vmproc import spec_of
-    from ferry.snapshot import restore
     load = _checked_reader()
     if load is not None:
         snapshot = load(folder, verify_memory=False)
         return restore.build(snapshot, console, spec_of(snapshot.definition), lazy=lazy)
-    from ferry.snapshot import format as fmt
     spec = spec_of(definition.validate(fmt.read_manifest(folder)["definition"]))
     machine, _ = restore.build(folder, console, spec, lazy=lazy, verify_memory=False)
     return machine
@@ -90,7 +89,6 @@ def verify_snapshot(folder: Path) -> None:
     if load is not None:
         load(folder, verify_memory=True)
         return
-    from ferry.snapshot import format as fmt
     fmt.verify(folder)
 
 
