@@ -188,7 +188,7 @@ class Row:
 
     @property
     def ratio(self) -> float | None:
-        if self.anchor is None or not self.anchor:
+        if not self.anchor:  # no anchor here (its tool is missing), or a zero_ok count of 0
             return None
         return self.ferry / self.anchor
 
