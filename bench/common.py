@@ -1,14 +1,16 @@
-"""What both benchmarks share: a throwaway Ferry state directory driven through the
-CLI, bounded waits, medians, the result table and the results file.
+"""What the benchmarks share: a throwaway Ferry state directory driven through the
+CLI, bounded waits, the sample rule, the result table and the results file.
 
 Every number a benchmark prints is a ``Row``: Ferry's figure beside an anchor
-measured in the same run, and which direction of Ferry/anchor is better.
+measured in the same run, and which direction of Ferry/anchor is better. A row's
+figures are medians of its samples, and every sample passes ``check_sample`` first.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -19,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,13 +42,41 @@ class BenchError(RuntimeError):
     pass
 
 
+class SampleError(BenchError):
+    """A sample that is not a measurement: the run fails rather than print a figure built on it."""
+
+
 # --- command line, signals, results ---
 
-def parse_args(description: str) -> argparse.Namespace:
+def parse_args(description: str, argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repetitions")
+    sizes = parser.add_mutually_exclusive_group()
+    sizes.add_argument("--quick", action="store_true", help="smaller sizes, fewer repetitions")
+    sizes.add_argument("--smoke", action="store_true",
+                       help="tiny guests, one repetition, every row and anchor: seconds, for the test suite")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    args.mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    return args
+
+
+def anchor_missing(why: str | None, args) -> str:
+    """The reason an anchor's tool is missing, for its rows' note. The test suite runs
+    --smoke on machines set up to have every anchor, so there a missing one fails the run."""
+    if why and args.smoke:
+        raise BenchError(f"--smoke measures every anchor: {why}")
+    return why or ""
+
+
+def run(main, *errors: type[Exception]) -> None:
+    """Exit with ``main``'s status; a benchmark that cannot measure (a ``BenchError``, or one
+    of ``errors``) says why in one line and exits 1."""
+    try:
+        status = main()
+    except (BenchError, *errors) as err:
+        print(f"error: {err}", file=sys.stderr)
+        status = 1
+    sys.exit(status)
 
 
 def exit_cleanly_on_sigterm() -> None:
@@ -94,9 +124,31 @@ def write_results(name: str, doc: dict) -> Path:
 
 # --- numbers ---
 
+def check_sample(value, row: str, who: str, zero_ok: bool = False) -> float:
+    """The one rule every sample passes before it enters a median: a finite number above
+    zero. A failed reading (None, NaN, a 0.0 left where nothing was measured, a negative
+    difference of clocks) would otherwise pull the median and be printed as a figure, so
+    it fails the run, naming the row and whose sample it was. Samples only come from runs
+    that succeeded: a failed run contributes none, and a row without samples fails too.
+    ``zero_ok`` is for counts where 0 is what happened (a vCPU throttle that never started).
+    """
+    real = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not real or value < 0 or (value == 0 and not zero_ok):
+        raise SampleError(f"row {row!r}: {who}: sample {value!r} is not a measurement")
+    return float(value)
+
+
+def figure(samples, row: str, who: str, zero_ok: bool = False) -> float:
+    """The median of ``samples``, each passed through ``check_sample``."""
+    checked = [check_sample(value, row, who, zero_ok) for value in samples]
+    if not checked:
+        raise SampleError(f"row {row!r}: {who}: no sample (every run of it failed)")
+    return statistics.median(checked)
+
+
 def median(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
+    """For notes and raw figures only; a row's figures go through ``figure``."""
+    return statistics.median(list(values))
 
 
 def wait_for(probe, timeout: float, what: str, interval: float = 0.01):
@@ -115,23 +167,36 @@ def wait_for(probe, timeout: float, what: str, interval: float = 0.01):
 
 @dataclass
 class Row:
+    """One line of the table. Its figures are computed here, from samples that pass the
+    sample rule, so no benchmark can print a median built on a failed reading."""
     metric: str
-    ferry: float | None
     unit: str
-    anchor: float | None = None
+    ferry_samples: list
+    anchor_samples: list | None  # None only when the anchor's tool is missing here (see ``note``)
     anchor_name: str = ""
     better: str = ""  # "higher" or "lower": which Ferry/anchor is better
-    note: str = ""  # shown instead of a number when a figure could not be measured
-    samples: dict = field(default_factory=dict)
+    note: str = ""  # shown instead of the anchor's figure when its tool is missing
+    extra: dict = field(default_factory=dict)  # raw figures behind the samples, for the results file
+    zero_ok: bool = False  # a count that can be 0 (see check_sample)
+    ferry: float = field(init=False)
+    anchor: float | None = field(init=False)
+
+    def __post_init__(self):
+        self.ferry = figure(self.ferry_samples, self.metric, "Ferry", self.zero_ok)
+        self.anchor = (None if self.anchor_samples is None else
+                       figure(self.anchor_samples, self.metric, f"anchor {self.anchor_name!r}", self.zero_ok))
 
     @property
     def ratio(self) -> float | None:
-        if self.ferry is None or not self.anchor:
+        if not self.anchor:  # no anchor here (its tool is missing), or a zero_ok count of 0
             return None
         return self.ferry / self.anchor
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "ratio": self.ratio}
+        samples = {"ferry": self.ferry_samples, "anchor": self.anchor_samples, **self.extra}
+        return {"metric": self.metric, "ferry": self.ferry, "unit": self.unit, "anchor": self.anchor,
+                "anchor_name": self.anchor_name, "better": self.better, "note": self.note,
+                "samples": samples, "ratio": self.ratio}
 
 
 def human(value: float | None, unit: str) -> str:
@@ -158,10 +223,8 @@ def render_table(title: str, rows: list[Row]) -> str:
             ratio = "-"
         else:
             ratio = f"{row.ratio:.2f}" + (f" ({row.better} is better)" if row.better else "")
-        ferry = human(row.ferry, row.unit) if row.ferry is not None else (row.note or "-")
-        anchor = human(row.anchor, row.unit) if row.anchor is not None else ("-" if row.ferry is None
-                                                                             else row.note or "-")
-        lines.append((row.metric, ferry, anchor, ratio, row.anchor_name))
+        anchor = human(row.anchor, row.unit) if row.anchor is not None else (row.note or "-")
+        lines.append((row.metric, human(row.ferry, row.unit), anchor, ratio, row.anchor_name))
     widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
     out = [title, "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(),
            "  ".join("-" * w for w in widths)]
@@ -170,7 +233,7 @@ def render_table(title: str, rows: list[Row]) -> str:
 
 
 def report(name: str, title: str, rows: list[Row], args, started: str, extra: dict) -> None:
-    doc = {"benchmark": name, "time": started, "quick": args.quick, "machine": machine_facts(),
+    doc = {"benchmark": name, "time": started, "mode": args.mode, "quick": args.quick, "machine": machine_facts(),
            "rows": [row.to_dict() for row in rows], **extra}
     path = write_results(name, doc)
     if args.json:
@@ -251,8 +314,8 @@ class Ferry:
 
     def control(self, name: str, op: str = "status") -> dict:
         """Ask the VM process directly: its status reply carries the exit count the CLI leaves out."""
-        from ferry.runtime import control
-        return control.request(self.vm_dir(name) / "control.sock", op, timeout=10)
+        import inprocess
+        return inprocess.control_request(self.vm_dir(name) / "control.sock", op)
 
     def remove(self, name: str) -> None:
         """Power ``name`` off (killing its process if it will not go) and undefine it."""
@@ -260,7 +323,8 @@ class Ferry:
             return
         self._power_off(name)
         try:
-            self.run("undefine", name, timeout=30)
+            # The benchmark's snapshots go with the VM: the whole state directory is temporary.
+            self.run("undefine", name, "--with-snapshots", timeout=30)
         except BenchError as err:
             progress(f"cleanup: {err}")
 

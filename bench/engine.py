@@ -1,6 +1,6 @@
 """Engine benchmark: vCPU exit rate, guest memory write rate, start to first heartbeat.
 
-    .venv/bin/python bench/engine.py [--quick] [--json]
+    .venv/bin/python bench/engine.py [--quick | --smoke] [--json]
 
 (a) Exits per second the run loop sustains: a guest of a few instructions that
     writes to an unclaimed port forever (from ring 3, where this platform runs
@@ -13,6 +13,9 @@
     per CPU second (and wall-clock second) of each.
 (c) ``ferry start`` to the first heartbeat on the console, 64 MiB and 1 GiB,
     against the cheapest ferry command (``ferry --json list``).
+
+``--smoke``: the same rows from tiny guests (32 MiB for (b), 16 and 64 MiB for (c)),
+one repetition, short samples: it checks the benchmark works, not the figures.
 """
 
 from __future__ import annotations
@@ -24,14 +27,35 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import inprocess  # noqa: E402
 from common import (BENCH_DIR, BenchError, Ferry, Row, compile_c, exit_cleanly_on_sigterm,  # noqa: E402
-                    load_average, median, parse_args, progress, report, utc_stamp, wait_for)
+                    load_average, parse_args, progress, report, run, utc_stamp, wait_for)
 
 UNCLAIMED_PORT = 0x80
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What each mode measures; every mode runs every row."""
+    exit_seconds: float  # one exit-rate sample
+    exit_rounds: int
+    memory_mib: int  # (b): the guest's RAM and the host memset buffer
+    memory_seconds: float
+    memory_hb_ms: int  # (b) times heartbeats, so at least three must fit in memory_seconds
+    start_mib: tuple[int, ...]  # (c)
+    start_repeats: int
+
+
+SIZES = {
+    "full": Sizes(1.0, 5, 256, 5, 1000, (64, 1024), 3),
+    "quick": Sizes(0.5, 3, 256, 3, 1000, (64, 1024), 2),
+    "smoke": Sizes(0.2, 1, 32, 1, 200, (16, 64), 1),
+}
 
 # Ring 3 gets IOPL 3 from iretq's RFLAGS (0x3002), so `out` needs no TSS bitmap.
 EXIT_GUEST = r"""
@@ -97,13 +121,6 @@ def build_exit_guest(workdir: Path, ring: int) -> Path:
 
 # --- (a) exits per second ---
 
-def machine_for(elf: Path):
-    from ferry.machine.vm import Machine, MachineSpec
-    machine = Machine(MachineSpec("bench-exits", 1, 64, elf), NullConsole())
-    machine.boot()
-    return machine
-
-
 def cpu_seconds(pid: int | str = "self") -> float:
     """CPU time every thread of a process has had, guest time included (schedstat, in ns)."""
     total = 0
@@ -131,11 +148,10 @@ class BareLoop:
     """KVM_RUN in a tight Python loop on a thread, as the run loop does, with nothing else."""
 
     def __init__(self, elf: Path):
-        self.machine = machine_for(elf)
+        self.machine = inprocess.exit_machine(elf, NullConsole())
 
     def sample(self, seconds: float) -> tuple[float, float]:
-        from ferry.kvm import abi
-        fd, request = self.machine.vcpus[0].fd.fd, abi.IOCTLS["KVM_RUN"]
+        fd, request = inprocess.kvm_run_call(self.machine)
         count = [0]
         stop = threading.Event()
 
@@ -156,9 +172,9 @@ class BareLoop:
             thread.join(30)
         if thread.is_alive():
             raise BenchError("bare KVM_RUN loop did not stop")
-        reason = self.machine.vcpus[0].fd.run_state.exit_reason
-        if reason != abi.EXIT_IO:
-            raise BenchError(f"bare loop: the guest left with exit reason {reason}, not port I/O")
+        other = inprocess.left_on_port_io(self.machine)
+        if other:
+            raise BenchError(f"bare loop: the guest left with {other}, not port I/O")
         return rates
 
     def close(self) -> None:
@@ -169,14 +185,14 @@ class RunLoop:
     """Ferry's vCPU thread (decode, bus, completion) in this process: no VM process, no console file."""
 
     def __init__(self, elf: Path):
-        self.machine = machine_for(elf)
+        self.machine = inprocess.exit_machine(elf, NullConsole())
         self.machine.start(paused=True)
 
     def sample(self, seconds: float) -> tuple[float, float]:
         self.machine.resume()
         try:
             time.sleep(0.1)
-            return count_rate(lambda: self.machine.vcpus[0].exits, seconds)
+            return count_rate(lambda: inprocess.exits(self.machine), seconds)
         finally:
             self.machine.pause()
 
@@ -215,10 +231,9 @@ def interleaved(runners: dict, seconds: float, rounds: int) -> dict[str, list[tu
     return rates
 
 
-def exit_rows(ferry: Ferry, workdir: Path, quick: bool) -> list[Row]:
-    from ferry.machine.vcpu import install_kick_handler
-    install_kick_handler()
-    seconds, rounds = (0.5, 3) if quick else (1.0, 5)
+def exit_rows(ferry: Ferry, workdir: Path, sizes: Sizes) -> list[Row]:
+    inprocess.install_kick_handler()
+    seconds, rounds = sizes.exit_seconds, sizes.exit_rounds
     rows = []
     for ring in (3, 0):
         elf = build_exit_guest(workdir, ring)
@@ -239,21 +254,20 @@ def exit_rows(ferry: Ferry, workdir: Path, quick: bool) -> list[Row]:
             ferry_rates = [r[clock] for r in rates[key]]
             bare_rates = [r[clock] for r in rates["bare"]]
             per = "per CPU-second" if clock else "per wall-clock second"
-            rows.append(Row(f"(a) exits {per}, ring-{ring} `out` loop, {where}", median(ferry_rates),
-                            "exits/s", median(bare_rates), anchor, "higher",
-                            samples={"ferry": ferry_rates, "anchor": bare_rates}))
+            rows.append(Row(f"(a) exits {per}, ring-{ring} `out` loop, {where}", "exits/s", ferry_rates,
+                            bare_rates, anchor, "higher"))
     return rows
 
 
 # --- (b) guest memory write rate ---
 
-def guest_write_rate(ferry: Ferry, seconds: float) -> dict:
+def guest_write_rate(ferry: Ferry, sizes: Sizes) -> dict:
     """Page writes of the self-checking guest per wall-clock second and per CPU second of its VM process.
 
     Counts come from its heartbeats; both clocks are the host's, read when a heartbeat shows up.
     """
-    name = "memwrite"
-    ferry.define(name, 256, cmdline="fill=50 rate=max hb=1000")
+    name, seconds = "memwrite", sizes.memory_seconds
+    ferry.define(name, sizes.memory_mib, cmdline=f"fill=50 rate=max hb={sizes.memory_hb_ms}")
     try:
         ferry.run("start", name)
         pid = ferry.control(name)["pid"]
@@ -261,7 +275,8 @@ def guest_write_rate(ferry: Ferry, seconds: float) -> dict:
         first = ferry.wait_heartbeats(name, 2, timeout=30)
         seen = [(time.perf_counter(), cpu_seconds(pid), first[-1])]
         deadline = time.perf_counter() + seconds
-        while time.perf_counter() < deadline + 1.5 and (len(seen) < 3 or time.perf_counter() < deadline):
+        give_up = deadline + 1.5 * sizes.memory_hb_ms / 1000
+        while time.perf_counter() < give_up and (len(seen) < 3 or time.perf_counter() < deadline):
             beats = ferry.heartbeats(name)
             if beats[-1][1] != seen[-1][2][1]:
                 seen.append((time.perf_counter(), cpu_seconds(pid), beats[-1]))
@@ -277,10 +292,11 @@ def guest_write_rate(ferry: Ferry, seconds: float) -> dict:
         ferry.remove(name)
 
 
-def host_memory(workdir: Path, pages: int, seconds: float) -> tuple[dict, dict]:
+def host_memory(workdir: Path, pages: int, sizes: Sizes) -> tuple[dict, dict]:
     binary = compile_c(BENCH_DIR / "hostmem.c", workdir / "hostmem")
     results = []
-    for args in (["memset", "256"], ["selfcheck", str(pages), str(seconds)]):
+    seconds = sizes.memory_seconds
+    for args in (["memset", str(sizes.memory_mib)], ["selfcheck", str(pages), str(seconds)]):
         done = subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=seconds + 60)
         if done.returncode != 0:
             raise BenchError(f"hostmem {' '.join(args)}: {done.stderr.strip() or done.stdout.strip()}")
@@ -288,25 +304,26 @@ def host_memory(workdir: Path, pages: int, seconds: float) -> tuple[dict, dict]:
     return results[0], results[1]
 
 
-def memory_rows(ferry: Ferry, workdir: Path, quick: bool) -> list[Row]:
-    seconds = 3 if quick else 5
-    progress("memory: self-checking guest, rate=max, 1 vCPU, 256 MiB, fill=50")
-    guest = guest_write_rate(ferry, seconds)
+def memory_rows(ferry: Ferry, workdir: Path, sizes: Sizes) -> list[Row]:
+    mib = sizes.memory_mib
+    progress(f"memory: self-checking guest, rate=max, 1 vCPU, {mib} MiB, fill=50")
+    guest = guest_write_rate(ferry, sizes)
     progress("memory: the same loop on the host, and memset")
-    memset, loop = host_memory(workdir, guest["owned_pages"], seconds)
+    memset, loop = host_memory(workdir, guest["owned_pages"], sizes)
     page = 4096
     same_loop = "same loop compiled for the host, same page count"
+    raw = {"ferry_raw": guest, "anchor_raw": loop}
     return [
-        Row("(b) guest ring-3 page writes per CPU-second (selfcheck loop)", guest["writes_per_cpu_s"], "pages/s",
-            loop["writes_per_cpu_s"], same_loop, "higher", samples={"ferry": guest, "anchor": loop}),
-        Row("(b) guest ring-3 page writes per wall-clock second", guest["writes_per_s"], "pages/s",
-            loop["writes_per_s"], same_loop, "higher", samples={"ferry": guest, "anchor": loop}),
-        Row("(b) guest ring-3 bytes written per CPU-second (pages x 4 KiB)", guest["writes_per_cpu_s"] * page,
-            "B/s", memset["warm_bytes_per_cpu_s"], "host memset, warm 256 MiB buffer", "higher",
-            samples={"anchor": memset}),
-        Row("(b) guest ring-3 bytes written per CPU-second (pages x 4 KiB)", guest["writes_per_cpu_s"] * page,
-            "B/s", memset["fresh_bytes_per_cpu_s"], "host memset, fresh 256 MiB buffer (page faults)", "higher",
-            samples={"anchor": memset}),
+        Row("(b) guest ring-3 page writes per CPU-second (selfcheck loop)", "pages/s", [guest["writes_per_cpu_s"]],
+            [loop["writes_per_cpu_s"]], same_loop, "higher", extra=raw),
+        Row("(b) guest ring-3 page writes per wall-clock second", "pages/s", [guest["writes_per_s"]],
+            [loop["writes_per_s"]], same_loop, "higher", extra=raw),
+        Row("(b) guest ring-3 bytes written per CPU-second (pages x 4 KiB)", "B/s", [guest["writes_per_cpu_s"] * page],
+            [memset["warm_bytes_per_cpu_s"]], f"host memset, warm {mib} MiB buffer", "higher",
+            extra={"anchor_raw": memset}),
+        Row("(b) guest ring-3 bytes written per CPU-second (pages x 4 KiB)", "B/s", [guest["writes_per_cpu_s"] * page],
+            [memset["fresh_bytes_per_cpu_s"]], f"host memset, fresh {mib} MiB buffer (page faults)", "higher",
+            extra={"anchor_raw": memset}),
     ]
 
 
@@ -337,33 +354,32 @@ def start_to_heartbeat(ferry: Ferry, name: str, memory: int) -> tuple[float, flo
         ferry.remove(name)
 
 
-def start_rows(ferry: Ferry, quick: bool) -> list[Row]:
-    repeats = 2 if quick else 3
+def start_rows(ferry: Ferry, sizes: Sizes) -> list[Row]:
+    repeats = sizes.start_repeats
     progress("start: the cheapest ferry command")
     floor = [ferry.run("list")[0] for _ in range(repeats)]
     rows = []
-    for memory in (64, 1024):
+    for memory in sizes.start_mib:
         progress(f"start: {memory} MiB guest to its first heartbeat")
         runs = [start_to_heartbeat(ferry, f"start-{memory}-{i}", memory) for i in range(repeats)]
         size = f"{memory} MiB" if memory < 1024 else f"{memory // 1024} GiB"
-        rows.append(Row(f"(c) `ferry start` to first heartbeat, {size}", median(r[0] for r in runs), "s",
-                        median(floor), "`ferry --json list` (CLI floor)", "lower",
-                        samples={"ferry": [r[0] for r in runs], "start_returned": [r[1] for r in runs],
-                                 "anchor": floor}))
+        rows.append(Row(f"(c) `ferry start` to first heartbeat, {size}", "s", [r[0] for r in runs], floor,
+                        "`ferry --json list` (CLI floor)", "lower", extra={"start_returned": [r[1] for r in runs]}))
     return rows
 
 
 def main() -> int:
     args = parse_args(__doc__.strip().splitlines()[0])
+    sizes = SIZES[args.mode]
     exit_cleanly_on_sigterm()
     started = utc_stamp()
     load_before = load_average()
     rows: list[Row] = []
     with Ferry() as ferry, tempfile.TemporaryDirectory(prefix="ferry-bench-build-") as build:
         workdir = Path(build)
-        rows += exit_rows(ferry, workdir, args.quick)
-        rows += memory_rows(ferry, workdir, args.quick)
-        rows += start_rows(ferry, args.quick)
+        rows += exit_rows(ferry, workdir, sizes)
+        rows += memory_rows(ferry, workdir, sizes)
+        rows += start_rows(ferry, sizes)
     notes = [f"load average before/after: {load_before} / {load_average()} "
              f"(other work on this machine skews every figure; ratios are taken within the run)",
              "(a) the VM process's exit count comes from its control socket status reply; "
@@ -374,4 +390,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

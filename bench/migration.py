@@ -1,7 +1,7 @@
 """Live migration benchmark: Ferry between two lab hosts beside QEMU over the same link,
 and the link's own TCP throughput (iperf3).
 
-    .venv/bin/python bench/migration.py [--quick] [--json]
+    .venv/bin/python bench/migration.py [--quick | --smoke] [--json]
 
 Three workloads on 1 GiB, 1 vCPU guests: idle, dirtying 100 MiB/s, and dirtying as fast
 as the guest can (with a 50 ms downtime target, so auto-converge has to act). Ferry's
@@ -10,7 +10,8 @@ cannot run QEMU guests) boots the Linux guest's kernel with an initramfs whose /
 a static C program, compiled in the run, that owns as many pages as Ferry's guest and
 rewrites them at the same rate. Both VMs ping-pong between lab hosts h1 and h2; QEMU and
 iperf3 run inside the same hosts, so all three use the same veth/bridge path.
-See bench/MIGRATION.md.
+``--smoke``: 128 MiB guests, one migration per workload and side and no warm-up, one short
+iperf3 run: every row and anchor, in under a minute. See bench/MIGRATION.md.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,17 +34,15 @@ from ferry.errors import FerryError  # noqa: E402
 from ferry.lab import Lab  # noqa: E402
 
 from qemu import Qmp, write_cpio  # noqa: E402
-from common import (BANNER, HEARTBEAT, MIB, ROOT, BenchError, Row, compile_c, exit_cleanly_on_sigterm,  # noqa: E402
-                    ferry_command, load_average, machine_facts, median, parse_args, progress,
-                    render_table, utc_stamp, wait_for, write_results)
+from common import (BANNER, HEARTBEAT, MIB, ROOT, BenchError, Row, SampleError, anchor_missing,  # noqa: E402
+                    compile_c, exit_cleanly_on_sigterm, ferry_command, load_average, machine_facts, median,
+                    parse_args, progress, render_table, run, utc_stamp, wait_for, write_results)
 
-MEMORY_MIB = 1024
 FILL = 10
 HB_MS = 100
 FERRY_PORT = 7400
 QEMU_PORT = 7500
 IPERF_PORT = 5201
-IPERF_SECONDS = 3
 MIGRATION_TIMEOUT_S = 60
 UNCAPPED = 1 << 40
 QEMU = "qemu-system-x86_64"
@@ -51,6 +50,20 @@ QEMU_LABEL = "QEMU -accel tcg, same link"
 LINUX_OUT = ROOT / "engine" / "guests" / "linux" / "out"
 LINUX_BUILD = ROOT / "engine" / "guests" / "linux" / "build.sh"
 PAGES_PER_MIB = MIB // 4096
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What each mode measures; every mode runs every workload, row and anchor."""
+    memory_mib: int  # both guests'
+    reps: int  # measured migrations per workload and side
+    warmups: int  # migrations before those, kept out of the table (see ``label``)
+    link_probes: int  # iperf3 runs: before the workloads, and after them when 2
+    iperf_seconds: int
+
+
+# 128 MiB is the smallest guest QEMU's Debian kernel boots in (in 64 MiB it prints nothing).
+SIZES = {"full": Sizes(1024, 3, 1, 2, 3), "quick": Sizes(1024, 1, 1, 1, 3), "smoke": Sizes(128, 1, 0, 1, 1)}
 
 
 @dataclass(frozen=True)
@@ -141,9 +154,9 @@ def guest_write_rate(host: FerryHost, vm: str, pages: int) -> float:
     return (writes1 - writes0) / (ms1 - ms0) * 1000
 
 
-def start_ferry_vm(host: FerryHost, workdir: Path, vm: str, workload: Workload) -> None:
+def start_ferry_vm(host: FerryHost, workdir: Path, vm: str, workload: Workload, memory_mib: int) -> None:
     path = workdir / f"{vm}.yaml"
-    path.write_text(f"name: {vm}\nvcpus: 1\nmemory: {MEMORY_MIB}\nkernel: builtin:selfcheck\n"
+    path.write_text(f"name: {vm}\nvcpus: 1\nmemory: {memory_mib}\nkernel: builtin:selfcheck\n"
                     f"cmdline: fill={FILL} rate={workload.rate} hb={HB_MS}\n")
     host.run("define", str(path))
     host.run("start", vm)
@@ -176,20 +189,20 @@ def end_receiver(there: FerryHost, vm: str, pid: int | None) -> None:
         pass
 
 
-def measure_ferry(hosts: list[FerryHost], workdir: Path, token: Path, workload: Workload, reps: int) -> dict:
+def measure_ferry(hosts: list[FerryHost], workdir: Path, token: Path, workload: Workload, sizes: Sizes) -> dict:
     vm = f"bench-{workload.key}"
     result = {"reports": [], "warmup": [], "errors": [], "owned_pages": None, "guest_pages_per_s": None}
     here, there = hosts
     try:
-        start_ferry_vm(here, workdir, vm, workload)
+        start_ferry_vm(here, workdir, vm, workload, sizes.memory_mib)
         result["owned_pages"] = owned_pages(here, vm)
         result["guest_pages_per_s"] = guest_write_rate(here, vm, result["owned_pages"])
-        for rep in range(reps + 1):
-            progress(f"ferry {workload.key}: {label(rep, reps)} {here.name} -> {there.name}")
+        for rep in migrations(sizes):
+            progress(f"ferry {workload.key}: {label(rep, sizes)} {here.name} -> {there.name}")
             try:
                 report = ferry_migrate(here, there, vm, token, workload)
             except BenchError as err:
-                failed(result, workload, f"{label(rep, reps)}: {err}")
+                failed(result, workload, f"{label(rep, sizes)}: {err}")
                 continue
             here, there = there, here
             # Migrate next only once the guest runs (and verifies its memory) on its new host.
@@ -313,13 +326,13 @@ class QemuVm:
     """One QEMU process inside a lab host; ``close`` always ends it."""
 
     def __init__(self, lab: Lab, host: FerryHost, workdir: Path, tag: str, kernel: Path, initramfs: Path,
-                 append: str, incoming: str | None = None):
+                 append: str, memory_mib: int, incoming: str | None = None):
         self.host = host
         self.qmp_path = workdir / f"{tag}.qmp"
         self.serial_path = workdir / f"{tag}.serial"
         self.stderr_path = workdir / f"{tag}.stderr"
         command = [QEMU, "-accel", "tcg", "-nodefaults", "-display", "none", "-no-reboot",
-                   "-m", str(MEMORY_MIB), "-smp", "1", "-kernel", str(kernel), "-initrd", str(initramfs),
+                   "-m", str(memory_mib), "-smp", "1", "-kernel", str(kernel), "-initrd", str(initramfs),
                    "-append", append, "-serial", f"file:{self.serial_path}",
                    "-qmp", f"unix:{self.qmp_path},server=on,wait=off"]
         if incoming:
@@ -362,8 +375,10 @@ class QemuVm:
 
 def qemu_migrate(source: QemuVm, dest: QemuVm, address: str, workload: Workload) -> dict:
     """Migrate until query-migrate says completed; downtime also from the STOP and RESUME events."""
+    # "events": the source reports MIGRATION status changes, so the moment it completed is known in µs.
     source.qmp.call("migrate-set-capabilities",
-                    capabilities=[{"capability": "auto-converge", "state": workload.auto_converge}])
+                    capabilities=[{"capability": "auto-converge", "state": workload.auto_converge},
+                                  {"capability": "events", "state": True}])
     source.qmp.call("migrate-set-parameters", **{"max-bandwidth": UNCAPPED,
                                                  "downtime-limit": workload.max_downtime_ms})
     source.qmp.call("migrate", uri=f"tcp:{address}")
@@ -384,13 +399,19 @@ def qemu_migrate(source: QemuVm, dest: QemuVm, address: str, workload: Workload)
     wait_running(dest)
     source.qmp.call("query-status")  # reads any event still queued behind the last reply
     stopped, resumed = source.qmp.event_time("STOP"), dest.qmp.event_time("RESUME")
+    completed = source.qmp.event_time("MIGRATION", status="completed")
     ram = info.get("ram", {})
+    # query-migrate's "downtime" is whole milliseconds, 0 for a small idle guest: kept as raw,
+    # while the row uses the same span from the source's own event stamps.
     return {"total_ms": info.get("total-time"), "downtime_ms": info.get("downtime"),
+            "stop_to_completed_ms": (completed - stopped) * 1000 if stopped and completed else None,
             "setup_ms": info.get("setup-time"),
             "stop_to_resume_ms": (resumed - stopped) * 1000 if stopped and resumed else None,
             "transferred": ram.get("transferred"), "normal_bytes": ram.get("normal-bytes"),
             "dirty_sync_count": ram.get("dirty-sync-count"),
-            "precopy_passes": max(ram.get("dirty-sync-count", 2) - 2, 1), "throttle_pct": throttle}
+            # The first two syncs bracket the bulk pass; without the count there is no figure, not a guess.
+            "precopy_passes": None if "dirty-sync-count" not in ram else max(ram["dirty-sync-count"] - 2, 1),
+            "throttle_pct": throttle}
 
 
 def wait_running(dest: QemuVm) -> None:
@@ -407,14 +428,16 @@ def wait_running(dest: QemuVm) -> None:
 class QemuPair:
     """The QEMU VMs of one workload: boots the guest, starts destinations, ends them all."""
 
-    def __init__(self, lab: Lab, workdir: Path, files: tuple[Path, Path], workload: Workload, pages: int):
+    def __init__(self, lab: Lab, workdir: Path, files: tuple[Path, Path], workload: Workload, pages: int,
+                 memory_mib: int):
         self.lab, self.workdir, self.files, self.workload = lab, workdir, files, workload
+        self.memory_mib = memory_mib
         self.append = QEMU_APPEND.format(pages=pages, rate=workload.rate)
         self.vms: list[QemuVm] = []
 
     def start(self, host: FerryHost, incoming: str | None = None) -> QemuVm:
         vm = QemuVm(self.lab, host, self.workdir, f"qemu-{self.workload.key}-{len(self.vms)}", *self.files,
-                    self.append, incoming=incoming)
+                    self.append, self.memory_mib, incoming=incoming)
         self.vms.append(vm)
         return vm
 
@@ -429,9 +452,9 @@ class QemuPair:
 
 
 def measure_qemu(lab: Lab, hosts: list[FerryHost], workdir: Path, files: tuple[Path, Path], workload: Workload,
-                 pages: int, reps: int) -> dict:
+                 pages: int, sizes: Sizes) -> dict:
     result = {"runs": [], "warmup": [], "errors": [], "pages": pages, "guest_pages_per_s": None}
-    pair = QemuPair(lab, workdir, files, workload, pages)
+    pair = QemuPair(lab, workdir, files, workload, pages, sizes.memory_mib)
     here, there = hosts
     try:
         source = pair.boot(here)
@@ -439,14 +462,14 @@ def measure_qemu(lab: Lab, hosts: list[FerryHost], workdir: Path, files: tuple[P
             rates = wait_for(lambda: (lambda r: r if len(r) >= 2 else None)(source.dirty_rates()), 30,
                              "QEMU guest's dirty rate", interval=0.1)
             result["guest_pages_per_s"] = median(rates[-2:])
-        for rep in range(reps + 1):
-            progress(f"qemu {workload.key}: {label(rep, reps)} {here.name} -> {there.name}")
+        for rep in migrations(sizes):
+            progress(f"qemu {workload.key}: {label(rep, sizes)} {here.name} -> {there.name}")
             address = f"{there.ipv4}:{QEMU_PORT + rep}"
             dest = pair.start(there, incoming=f"tcp:{address}")
             try:
                 run = qemu_migrate(source, dest, address, workload)
             except BenchError as err:
-                failed(result, workload, f"{label(rep, reps)}: {err}")
+                failed(result, workload, f"{label(rep, sizes)}: {err}")
                 dest.close()
                 continue
             source.close()
@@ -457,7 +480,7 @@ def measure_qemu(lab: Lab, hosts: list[FerryHost], workdir: Path, files: tuple[P
             except BenchError as err:
                 # QEMU called it completed, so its figures count; the guest is replaced by a fresh one.
                 run["guest_survived"] = False
-                failed(result, workload, f"{label(rep, reps)} completed, then: {err}")
+                failed(result, workload, f"{label(rep, sizes)} completed, then: {err}")
                 dest.close()
                 source = pair.boot(here)
                 continue
@@ -469,10 +492,16 @@ def measure_qemu(lab: Lab, hosts: list[FerryHost], workdir: Path, files: tuple[P
     return result
 
 
-def label(rep: int, reps: int) -> str:
+def migrations(sizes: Sizes) -> range:
+    """Numbers of one side's migrations: 0 is the warm-up, 1.. the measured ones."""
+    return range(1 - sizes.warmups, sizes.reps + 1)
+
+
+def label(rep: int, sizes: Sizes) -> str:
     # A freshly booted QEMU guest's first migration is 2-4x slower than the next ones (see
-    # bench/MIGRATION.md), so each side's first migration is a warm-up, kept out of the table.
-    return f"migration {rep}/{reps}" if rep else "warm-up migration"
+    # bench/MIGRATION.md), so each side's first migration is a warm-up, kept out of the table
+    # (not in --smoke, which checks the benchmark works rather than its figures).
+    return f"migration {rep}/{sizes.reps}" if rep else "warm-up migration"
 
 
 def failed(result: dict, workload: Workload, error: str) -> None:
@@ -507,14 +536,15 @@ def settle_qemu(vm: QemuVm) -> None:
 
 # --- the link ---
 
-def link_rate(lab: Lab, client: FerryHost, server: FerryHost) -> list[float]:
+def link_rate(lab: Lab, client: FerryHost, server: FerryHost, seconds: int) -> list[float]:
     """Bytes per second of one TCP stream from ``client`` to ``server`` (iperf3, a few seconds),
-    as a list: empty when iperf3 failed, which costs the link rows only."""
+    as a list: empty when iperf3 failed, which fails the link rows (no sample)."""
     command = ["iperf3", "-s", "-1", "-B", server.ipv4, "-p", str(IPERF_PORT)]
     listener = lab.popen(server.name, command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
     try:
-        return [wait_for(lambda: iperf_client(lab, client, server), 20, "iperf3 between the lab hosts", interval=0.2)]
+        return [wait_for(lambda: iperf_client(lab, client, server, seconds), 20, "iperf3 between the lab hosts",
+                         interval=0.2)]
     except BenchError as err:
         progress(f"link: {err}")
         return []
@@ -528,11 +558,11 @@ def link_rate(lab: Lab, client: FerryHost, server: FerryHost) -> list[float]:
                 listener.wait(5)
 
 
-def iperf_client(lab: Lab, client: FerryHost, server: FerryHost) -> float | None:
+def iperf_client(lab: Lab, client: FerryHost, server: FerryHost, seconds: int) -> float | None:
     """One measurement, or None while the server is not listening yet."""
-    command = ["iperf3", "-c", server.ipv4, "-p", str(IPERF_PORT), "-t", str(IPERF_SECONDS), "-J"]
+    command = ["iperf3", "-c", server.ipv4, "-p", str(IPERF_PORT), "-t", str(seconds), "-J"]
     try:
-        done = lab.exec(client.name, command, capture_output=True, text=True, timeout=IPERF_SECONDS + 20)
+        done = lab.exec(client.name, command, capture_output=True, text=True, timeout=seconds + 20)
     except subprocess.TimeoutExpired:
         raise BenchError("iperf3 client: no result in time") from None
     try:
@@ -548,6 +578,12 @@ def iperf_client(lab: Lab, client: FerryHost, server: FerryHost) -> float | None
 
 # --- rows ---
 
+def per_second(count, ms):
+    """``count`` per second over ``ms``, or None where no duration was measured (the sample rule
+    then fails the row, instead of a division by zero or a made-up rate)."""
+    return count / (ms / 1000) if isinstance(ms, (int, float)) and ms > 0 and count is not None else None
+
+
 def ferry_values(result: dict) -> dict[str, list]:
     reports = result["reports"]
     return {
@@ -557,45 +593,54 @@ def ferry_values(result: dict) -> dict[str, list]:
         "bytes": [r["bytes_on_wire"] for r in reports],
         "passes": [len(r["rounds"]) for r in reports],
         "throttle": [r["throttle"] * 100 for r in reports],
-        "rate": [r["bytes_on_wire"] / (r["total_ms"] / 1000) for r in reports],
-        "first_pass_rate": [r["rounds"][0]["bytes"] / (r["rounds"][0]["duration_ms"] / 1000)
-                            for r in reports if r["rounds"] and r["rounds"][0]["duration_ms"] > 0],
+        "rate": [per_second(r["bytes_on_wire"], r["total_ms"]) for r in reports],
+        "first_pass_rate": [per_second(r["rounds"][0]["bytes"], r["rounds"][0]["duration_ms"]) if r["rounds"]
+                            else None for r in reports],
     }
 
 
-def qemu_values(result: dict | None) -> dict[str, list]:
-    runs = result["runs"] if result else []
+def ms_to_s(ms):
+    """Seconds from milliseconds, leaving a missing reading (None) for the sample rule to catch."""
+    return ms / 1000 if isinstance(ms, (int, float)) else ms
+
+
+def qemu_values(result: dict) -> dict[str, list]:
+    """Every measured run's figures as QEMU reported them; a missing one stays None, so the
+    sample rule fails its row rather than the row quietly using fewer runs."""
+    runs = result["runs"]
     return {
-        "total": [r["total_ms"] / 1000 for r in runs],
-        "downtime": [r["stop_to_resume_ms"] / 1000 for r in runs if r["stop_to_resume_ms"] is not None],
-        "stop_copy": [r["downtime_ms"] / 1000 for r in runs],
+        "total": [ms_to_s(r["total_ms"]) for r in runs],
+        "downtime": [ms_to_s(r["stop_to_resume_ms"]) for r in runs],
+        "stop_copy": [ms_to_s(r["stop_to_completed_ms"]) for r in runs],
         "bytes": [r["transferred"] for r in runs],
         "passes": [r["precopy_passes"] for r in runs],
         "throttle": [r["throttle_pct"] for r in runs],
-        "rate": [r["transferred"] / (r["total_ms"] / 1000) for r in runs if r["total_ms"]],
+        "rate": [per_second(r["transferred"], r["total_ms"]) for r in runs],
     }
 
 
-def row(metric: str, key: str, unit: str, better: str, f: dict, q: dict, qemu_note: str) -> Row:
-    return Row(metric, median(f[key]), unit, median(q.get(key, [])), QEMU_LABEL, better,
-               note=qemu_note if not q.get(key) else "", samples={"ferry": f[key], "anchor": q.get(key, [])})
+def row(metric: str, key: str, unit: str, better: str, f: dict, q: dict | None, qemu_note: str,
+        zero_ok: bool = False) -> Row:
+    return Row(metric, unit, f[key], None if q is None else q[key], QEMU_LABEL, better, note=qemu_note,
+               zero_ok=zero_ok)
 
 
-def rows_for(f: dict, q: dict, link: float | None, qemu_note: str, link_note: str) -> list[Row]:
+def rows_for(f: dict, q: dict | None, links: list[float] | None, qemu_note: str, link_note: str) -> list[Row]:
+    """``q`` and ``links`` are None only where QEMU or iperf3 is missing (outside --smoke)."""
     rows = [
         row("total time", "total", "s", "lower", f, q, qemu_note),
         row("downtime, pause to running at destination", "downtime", "s", "lower", f, q, qemu_note),
-        row("downtime, source side (Ferry stop_copy_ms, QEMU downtime)", "stop_copy", "s", "lower", f, q, qemu_note),
+        row("downtime, source side (Ferry stop_copy_ms, QEMU STOP to completed)", "stop_copy", "s", "lower", f, q,
+            qemu_note),
         row("bytes on the wire", "bytes", "B", "", f, q, qemu_note),
         row("pre-copy passes", "passes", "", "", f, q, qemu_note),
-        row("final vCPU throttle", "throttle", "%", "", f, q, qemu_note),
+        # An idle guest is never throttled: 0 % is what happened there, not a failed reading.
+        row("final vCPU throttle", "throttle", "%", "", f, q, qemu_note, zero_ok=True),
         row("effective rate, bytes on wire / total time", "rate", "B/s", "higher", f, q, qemu_note),
     ]
-    iperf = {"anchor": [link] if link else []}
     for metric, key in (("effective rate vs the link (share)", "rate"), ("first-pass rate vs the link (share)",
                                                                          "first_pass_rate")):
-        rows.append(Row(metric, median(f[key]), "B/s", link, "iperf3, 1 TCP stream h1 -> h2", "higher",
-                        note=link_note if not link else "", samples={"ferry": f[key], **iperf}))
+        rows.append(Row(metric, "B/s", f[key], links, "iperf3, 1 TCP stream h1 -> h2", "higher", note=link_note))
     return rows
 
 
@@ -633,62 +678,68 @@ def main() -> int:
     args = parse_args(__doc__.splitlines()[0])
     exit_cleanly_on_sigterm()
     started = utc_stamp()
-    reps = 1 if args.quick else 3
-    why_no_qemu = qemu_unavailable()
-    why_no_iperf = None if shutil.which("iperf3") else "iperf3 not installed (apt-get install -y iperf3)"
+    sizes = SIZES[args.mode]
+    why_no_qemu = anchor_missing(qemu_unavailable(), args)
+    why_no_iperf = anchor_missing(None if shutil.which("iperf3") else
+                                  "iperf3 not installed (apt-get install -y iperf3)", args)
     load_before = load_average()
     workdir = Path(tempfile.mkdtemp(prefix="ferry-bench-migration-"))
     lab = Lab(str(workdir / "lab"))
     results: dict = {}
     links: list[float] = []
     try:
-        qemu_files = None
-        if why_no_qemu is None:
-            try:
-                qemu_files = (linux_kernel(), build_initramfs(workdir))
-            except BenchError as err:
-                why_no_qemu = str(err)
+        qemu_files = None if why_no_qemu else (linux_kernel(), build_initramfs(workdir))
         progress("lab up (2 hosts)")
         lab.up(2)
         hosts = [FerryHost(lab, info) for info in lab.hosts]
         token = make_token(workdir)
-        if why_no_iperf is None:
-            links += link_rate(lab, *hosts)
+        if not why_no_iperf:
+            links += link_rate(lab, *hosts, sizes.iperf_seconds)
         for workload in WORKLOADS:
-            fr = measure_ferry(hosts, workdir, token, workload, reps)
+            fr = measure_ferry(hosts, workdir, token, workload, sizes)
             qr = None
             if qemu_files:
-                pages = fr["owned_pages"] or MEMORY_MIB * PAGES_PER_MIB * FILL // 100
-                qr = measure_qemu(lab, hosts, workdir, qemu_files, workload, pages, reps)
+                pages = fr["owned_pages"] or sizes.memory_mib * PAGES_PER_MIB * FILL // 100
+                qr = measure_qemu(lab, hosts, workdir, qemu_files, workload, pages, sizes)
             results[workload.key] = {"ferry": fr, "qemu": qr}
-        if why_no_iperf is None and not args.quick:
-            links += link_rate(lab, *hosts)
+        if not why_no_iperf and sizes.link_probes > 1:
+            links += link_rate(lab, *hosts, sizes.iperf_seconds)
     finally:
         progress("lab down")
         try:
             lab.down()
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-    link = median(links)
-    emit(args, started, results, link, links, why_no_qemu or "", why_no_iperf or "", load_before, reps)
-    return 0 if all(r["ferry"]["reports"] for r in results.values()) else 1
+    emit(args, started, results, None if why_no_iperf else links, why_no_qemu, why_no_iperf, load_before, sizes)
+    return 0
 
 
-def emit(args, started: str, results: dict, link: float | None, links: list[float], why_no_qemu: str,
-         why_no_iperf: str, load_before: str, reps: int) -> None:
+def workload_rows(workload: Workload, result: dict, links: list[float] | None, why_no_qemu: str,
+                  why_no_iperf: str) -> list[Row]:
+    fr, qr = result["ferry"], result["qemu"]
+    try:
+        return rows_for(ferry_values(fr), None if qr is None else qemu_values(qr), links, why_no_qemu, why_no_iperf)
+    except SampleError as err:
+        # The first failed run, if any, is most likely why a row has no sample; all are in the progress lines.
+        errors = fr["errors"] + (qr["errors"] if qr else [])
+        first = f" (first failure: {errors[0].splitlines()[0]})" if errors else ""
+        raise SampleError(f"[{workload.key}] {err}{first}") from None
+
+
+def emit(args, started: str, results: dict, links: list[float] | None, why_no_qemu: str, why_no_iperf: str,
+         load_before: str, sizes: Sizes) -> None:
     tables, all_rows, notes = [], [], []
+    size = f"{sizes.memory_mib // 1024} GiB" if sizes.memory_mib >= 1024 else f"{sizes.memory_mib} MiB"
     for workload in WORKLOADS:
-        fr, qr = results[workload.key]["ferry"], results[workload.key]["qemu"]
-        qemu_note = why_no_qemu or ("failed" if qr is not None else "")
-        rows = rows_for(ferry_values(fr), qemu_values(qr), link, qemu_note, why_no_iperf or "failed")
+        rows = workload_rows(workload, results[workload.key], links, why_no_qemu, why_no_iperf)
         results[workload.key]["rows"] = [r.to_dict() for r in rows]
-        all_rows += [Row(f"[{workload.key}] {r.metric}", r.ferry, r.unit, r.anchor, r.anchor_name, r.better,
-                         r.note, r.samples) for r in rows]
-        tables.append(render_table(f"Live migration, 1 GiB guest, {workload.title}; medians of {reps}", rows))
-        notes += notes_for(workload, fr, qr)
-    doc = {"benchmark": "migration", "time": started, "quick": args.quick, "machine": machine_facts(),
-           "load_average": {"before": load_before, "after": load_average()},
-           "qemu": qemu_version() if not why_no_qemu else why_no_qemu,
+        all_rows += [replace(r, metric=f"[{workload.key}] {r.metric}") for r in rows]
+        tables.append(render_table(f"Live migration, {size} guest, {workload.title}; medians of {sizes.reps}", rows))
+        notes += notes_for(workload, results[workload.key]["ferry"], results[workload.key]["qemu"])
+    link = median(links) if links else None
+    doc = {"benchmark": "migration", "time": started, "mode": args.mode, "quick": args.quick,
+           "machine": machine_facts(), "load_average": {"before": load_before, "after": load_average()},
+           "qemu": why_no_qemu or qemu_version(),
            "link_bytes_per_s": {"median": link, "samples": links},
            "rows": [r.to_dict() for r in all_rows], "workloads": results, "notes": notes}
     path = write_results("migration", doc)
@@ -696,7 +747,7 @@ def emit(args, started: str, results: dict, link: float | None, links: list[floa
         print(json.dumps(doc, indent=1, sort_keys=True))
         return
     print("\n\n".join(tables))
-    print(f"\nlink: iperf3 {' / '.join(f'{v * 8 / 1e9:.2f}' for v in links) or '-'} Gbit/s; {doc['qemu']}; "
+    print(f"\nlink: iperf3 {' / '.join(f'{v * 8 / 1e9:.2f}' for v in links or []) or '-'} Gbit/s; {doc['qemu']}; "
           f"load average before {load_before}, after {doc['load_average']['after']}")
     for note in notes:
         print(f"note: {note}")
@@ -704,8 +755,4 @@ def emit(args, started: str, results: dict, link: float | None, links: list[floa
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (BenchError, FerryError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+    run(main, FerryError)

@@ -159,9 +159,11 @@ class Qmp:
     def status(self) -> str:
         return self.call("query-status")["status"]
 
-    def event_time(self, name: str) -> float | None:
-        """Host clock of the last ``name`` event (QEMU stamps events with gettimeofday)."""
-        found = [e["timestamp"] for e in self.events if e["event"] == name]
+    def event_time(self, name: str, **data) -> float | None:
+        """Host clock of the last ``name`` event whose data holds ``data`` (QEMU stamps events
+        with gettimeofday)."""
+        found = [e["timestamp"] for e in self.events
+                 if e["event"] == name and all(e.get("data", {}).get(k) == v for k, v in data.items())]
         return found[-1]["seconds"] + found[-1]["microseconds"] / 1e6 if found else None
 
     def close(self) -> None:

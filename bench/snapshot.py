@@ -1,12 +1,13 @@
 """Snapshot benchmark: save, pause, restore (lazy and eager), verify and disk bytes,
 beside this disk's own bandwidth and QEMU saving and restoring the same footprint.
 
-    .venv/bin/python bench/snapshot.py [--quick] [--json]
+    .venv/bin/python bench/snapshot.py [--quick | --smoke] [--json]
 
 Ferry's guest is the self-checking guest with ``fill=10 rate=0``: about 10 % of its
 usable RAM holds non-zero patterns, written once and then only read (1 GiB and 4 GiB;
-``--quick``: 1 GiB). QEMU runs a Linux guest under ``-accel tcg`` that first reports what
-its kernel leaves non-zero, then fills tmpfs up to Ferry's footprint (see bench/qemu.py).
+``--quick``: 1 GiB; ``--smoke``: 128 MiB, once, every row and anchor). QEMU runs a Linux
+guest under ``-accel tcg`` that first reports what its kernel leaves non-zero, then fills
+tmpfs up to Ferry's footprint (see bench/qemu.py).
 """
 
 from __future__ import annotations
@@ -16,16 +17,35 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import inprocess  # noqa: E402
 import qemu  # noqa: E402
-from common import (GIB, HEARTBEAT, MIB, BenchError, Ferry, Row, exit_cleanly_on_sigterm,  # noqa: E402
-                    load_average, median, parse_args, progress, report, utc_stamp, wait_for)
+from common import (GIB, HEARTBEAT, MIB, BenchError, Ferry, Row, anchor_missing,  # noqa: E402
+                    exit_cleanly_on_sigterm, load_average, median, parse_args, progress, report, run, utc_stamp,
+                    wait_for)
 
 GUEST_CMDLINE = "fill=10 rate=0 hb=50"
 UNCAPPED = 1 << 40
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What each mode measures; every mode runs every row."""
+    memory_mib: tuple[int, ...]
+    repeats: int
+
+
+# 128 MiB is the smallest guest QEMU's Debian kernel boots in (in 64 MiB it prints nothing).
+SIZES = {"full": Sizes((1024, 4096), 3), "quick": Sizes((1024,), 2), "smoke": Sizes((128,), 1)}
+
+
+def probe_mib(memory: int) -> int:
+    """The disk probe's size: about a save's non-zero bytes, a multiple of its 8 MiB blocks."""
+    return 16 if memory < 1024 else 256 if memory == 1024 else 512
 
 
 # --- the disk ---
@@ -111,33 +131,19 @@ class HeartbeatConsole:
         pass
 
 
-def stamp_first_run(machine, stamps: list) -> None:
-    """Note the moment any vCPU first calls KVM_RUN, without touching the engine's code."""
-    for vcpu in machine.vcpus:
-        def run(original=vcpu.fd.run):
-            if not stamps:
-                stamps.append(time.perf_counter())
-            return original()
-        vcpu.fd.run = run
-
-
 def restore_in_process(folder: Path, lazy: bool) -> dict:
-    """From the start of ``restore.build`` to the first KVM_RUN (and to the first heartbeat).
+    """From the start of reading the snapshot to the first KVM_RUN (and to the first heartbeat).
 
     Memory checksums are left out, as the VM process leaves them out once the
     command has verified the snapshot.
     """
-    from ferry.snapshot import format as fmt
-    from ferry.snapshot import restore
     console, stamps = HeartbeatConsole(), []
     started = time.perf_counter()
-    manifest = fmt.read_manifest(folder)
-    machine, _ = restore.build(folder, console, restore.spec_from_manifest(manifest, "bench-in-process"),
-                               lazy=lazy, verify_memory=False)
+    machine = inprocess.restore_machine(folder, console, lazy)
     built = time.perf_counter()
     running = False
     try:
-        stamp_first_run(machine, stamps)
+        inprocess.stamp_first_run(machine, stamps)
         machine.start()
         running = True
         wait_for(lambda: stamps, 30, "in-process restore: first KVM_RUN", interval=0.001)
@@ -153,9 +159,8 @@ def restore_in_process(folder: Path, lazy: bool) -> dict:
 
 
 def verify_in_process(folder: Path) -> float:
-    from ferry.snapshot import format as fmt
     started = time.perf_counter()
-    fmt.verify(folder)
+    inprocess.verify_snapshot(folder)
     return time.perf_counter() - started
 
 
@@ -231,62 +236,56 @@ def size_label(memory: int) -> str:
     return f"{memory // 1024} GiB" if memory >= 1024 else f"{memory} MiB"
 
 
+CACHE_READ = "reading the snapshot's non-zero bytes from the page cache"
+QEMU_RESTORE = "QEMU launch with -incoming exec:cat + cont, to running"
+
+
 def rows_for(memory: int, f: dict, q: dict | None, why_no_qemu: str, disk: dict) -> list[Row]:
     size = size_label(memory)
-    live_total = median(s["total_s"] for s in f["live"])
-    stw_total = median(s["total_s"] for s in f["stw"])
     nonzero = median(s["disk_bytes"] for s in f["live"])
-    cache_read = nonzero / disk["page_cache_read_bytes_per_s"]
+    cache_read = [nonzero / rate for rate in disk["read_samples"]]
+    live, stw = f["live"], f["stw"]
     rows = []
 
-    def versus_qemu(metric, ferry_value, pick, anchor_name, samples, unit="s", better="lower"):
-        if q is None:
-            rows.append(Row(metric, ferry_value, unit, None, anchor_name, better, note=why_no_qemu,
-                            samples=samples))
-            return
-        anchor_samples = pick(q)
-        rows.append(Row(metric, ferry_value, unit, median(anchor_samples), anchor_name, better,
-                        samples={**samples, "anchor": anchor_samples}))
+    def versus_qemu(metric, ferry_samples, pick, anchor_name, unit="s", better="lower", extra=None):
+        rows.append(Row(metric, unit, ferry_samples, None if q is None else pick(q), anchor_name, better,
+                        note=why_no_qemu, extra=extra or {}))
 
-    live_samples = {"ferry": [s["total_s"] for s in f["live"]], "cli_wall_s": [s["wall_s"] for s in f["live"]],
-                    "rounds": [s["rounds"] for s in f["live"]]}
-    versus_qemu(f"save, live (total_ms) [{size}]", live_total, lambda q: [s["seconds"] for s in q["uncapped"]],
-                "QEMU stop + migrate to file, uncapped", live_samples)
-    versus_qemu(f"save, live (total_ms) [{size}]", live_total, lambda q: [q["capped"]["seconds"]],
-                "QEMU stop + migrate to file, default 128 MiB/s cap", live_samples)
-    versus_qemu(f"save, live (total_ms) [{size}]", live_total,
-                lambda q: [s["seconds"] + s["fsync_s"] for s in q["uncapped"]],
-                "QEMU uncapped + fsync of its file", live_samples)
-    versus_qemu(f"save, stop-the-world (total_ms) [{size}]", stw_total,
-                lambda q: [s["seconds"] + s["fsync_s"] for s in q["uncapped"]],
-                "QEMU uncapped + fsync of its file", {"ferry": [s["total_s"] for s in f["stw"]]})
-    versus_qemu(f"guest paused during a live save (pause_ms) [{size}]", median(s["pause_s"] for s in f["live"]),
-                lambda q: [s["seconds"] for s in q["uncapped"]], "QEMU uncapped (stopped for the whole save)",
-                {"ferry": [s["pause_s"] for s in f["live"]]})
-    rows.append(Row(f"save bandwidth, live (non-zero bytes / total) [{size}]", nonzero / live_total, "B/s",
-                    disk["write_bytes_per_s"], "this disk: buffered write + fdatasync", "higher"))
-    versus_qemu(f"snapshot on disk [{size}]", nonzero, lambda q: [s["file_bytes"] for s in q["uncapped"]],
-                "QEMU migration file (same non-zero footprint)", {"ferry": [s["disk_bytes"] for s in f["live"]]},
+    def uncapped_plus_fsync(q):
+        return [s["seconds"] + s["fsync_s"] for s in q["uncapped"]]
+
+    live_metric = f"save, live (total_ms) [{size}]"
+    live_totals = [s["total_s"] for s in live]
+    live_extra = {"cli_wall_s": [s["wall_s"] for s in live], "rounds": [s["rounds"] for s in live]}
+    versus_qemu(live_metric, live_totals, lambda q: [s["seconds"] for s in q["uncapped"]],
+                "QEMU stop + migrate to file, uncapped", extra=live_extra)
+    versus_qemu(live_metric, live_totals, lambda q: [q["capped"]["seconds"]],
+                "QEMU stop + migrate to file, default 128 MiB/s cap", extra=live_extra)
+    versus_qemu(live_metric, live_totals, uncapped_plus_fsync, "QEMU uncapped + fsync of its file", extra=live_extra)
+    versus_qemu(f"save, stop-the-world (total_ms) [{size}]", [s["total_s"] for s in stw], uncapped_plus_fsync,
+                "QEMU uncapped + fsync of its file")
+    versus_qemu(f"guest paused during a live save (pause_ms) [{size}]", [s["pause_s"] for s in live],
+                lambda q: [s["seconds"] for s in q["uncapped"]], "QEMU uncapped (stopped for the whole save)")
+    rows.append(Row(f"save bandwidth, live (non-zero bytes / total) [{size}]", "B/s",
+                    [s["disk_bytes"] / s["total_s"] for s in live], [disk["write_bytes_per_s"]],
+                    "this disk: buffered write + fdatasync", "higher"))
+    versus_qemu(f"snapshot on disk [{size}]", [s["disk_bytes"] for s in live],
+                lambda q: [s["file_bytes"] for s in q["uncapped"]], "QEMU migration file (same non-zero footprint)",
                 unit="B")
     for mode in ("lazy", "eager"):
         runs = f[f"restore_{mode}"]
-        versus_qemu(f"restore to running, {mode} (`ferry restore`) [{size}]", median(r["running_s"] for r in runs),
-                    lambda q: q["restore_s"], "QEMU launch with -incoming exec:cat + cont, to running",
-                    {"ferry": [r["running_s"] for r in runs],
-                     "to_first_heartbeat_s": [r["first_heartbeat_s"] for r in runs]})
+        versus_qemu(f"restore to running, {mode} (`ferry restore`) [{size}]", [r["running_s"] for r in runs],
+                    lambda q: q["restore_s"], QEMU_RESTORE,
+                    extra={"to_first_heartbeat_s": [r["first_heartbeat_s"] for r in runs]})
     for mode in ("lazy", "eager"):
         runs = f[f"in_process_{mode}"]
-        rows.append(Row(f"restore in-process, {mode}: build -> first KVM_RUN [{size}]",
-                        median(r["first_run_s"] for r in runs), "s", cache_read,
-                        "reading the snapshot's non-zero bytes from the page cache", "lower",
-                        samples={"ferry": [r["first_run_s"] for r in runs], "build_s": [r["build_s"] for r in runs],
-                                 "to_first_heartbeat_s": [r["first_heartbeat_s"] for r in runs]}))
-    rows.append(Row(f"verify (`ferry snapshot verify`) [{size}]", median(f["verify_s"]), "s", cache_read,
-                    "reading the snapshot's non-zero bytes from the page cache", "lower",
-                    samples={"ferry": f["verify_s"]}))
-    rows.append(Row(f"verify in-process (snapshot.format.verify) [{size}]", median(f["in_process_verify_s"]), "s",
-                    cache_read, "reading the snapshot's non-zero bytes from the page cache", "lower",
-                    samples={"ferry": f["in_process_verify_s"]}))
+        rows.append(Row(f"restore in-process, {mode}: build -> first KVM_RUN [{size}]", "s",
+                        [r["first_run_s"] for r in runs], cache_read, CACHE_READ, "lower",
+                        extra={"build_s": [r["build_s"] for r in runs],
+                               "to_first_heartbeat_s": [r["first_heartbeat_s"] for r in runs]}))
+    rows.append(Row(f"verify (`ferry snapshot verify`) [{size}]", "s", f["verify_s"], cache_read, CACHE_READ,
+                    "lower"))
+    rows.append(Row(f"verify in-process [{size}]", "s", f["in_process_verify_s"], cache_read, CACHE_READ, "lower"))
     return rows
 
 
@@ -310,33 +309,28 @@ def main() -> int:
     args = parse_args(__doc__.strip().splitlines()[0])
     exit_cleanly_on_sigterm()
     started = utc_stamp()
-    sizes = [1024] if args.quick else [1024, 4096]
-    repeats = 2 if args.quick else 3
+    sizes = SIZES[args.mode]
+    repeats = sizes.repeats
     load_before = load_average()
-    why_no_qemu = qemu.unavailable()
-    from ferry.machine.vcpu import install_kick_handler
-    install_kick_handler()
+    why_no_qemu = anchor_missing(qemu.unavailable(), args)
+    inprocess.install_kick_handler()
     rows: list[Row] = []
     notes: list[str] = []
     raw: dict = {}
     with Ferry() as ferry, tempfile.TemporaryDirectory(prefix="ferry-bench-qemu-") as scratch:
-        for memory in sizes:
+        for memory in sizes.memory_mib:
             # Probed right before Ferry's saves: this disk's speed drifts with what else runs on the machine.
             progress(f"disk: write + fdatasync, page-cache read ({size_label(memory)} round)")
-            disk = disk_bandwidth(ferry.state_dir, 256 if memory <= 1024 else 512)
+            disk = disk_bandwidth(ferry.state_dir, probe_mib(memory))
             f = measure_ferry(ferry, memory, repeats)
             q = None
-            if why_no_qemu is None:
-                nonzero = median(s["disk_bytes"] for s in f["live"])
-                try:
-                    q = measure_qemu(Path(scratch), memory, nonzero, repeats)
-                except BenchError as err:
-                    why_no_qemu = f"QEMU failed: {err}"
-                    progress(why_no_qemu)
-            rows += rows_for(memory, f, q, why_no_qemu or "", disk)
+            if not why_no_qemu:
+                # A QEMU that fails is an anchor that did not measure: the run fails with it.
+                q = measure_qemu(Path(scratch), memory, median(s["disk_bytes"] for s in f["live"]), repeats)
+            rows += rows_for(memory, f, q, why_no_qemu, disk)
             notes += [footprint_note(memory, f, q), disk_note(memory, disk)]
             raw[size_label(memory)] = {"ferry": f, "qemu": q, "disk": disk}
-    notes += [f"QEMU: {qemu.version() if why_no_qemu is None else why_no_qemu}; guest under -accel tcg, 1 vCPU",
+    notes += [f"QEMU: {why_no_qemu or qemu.version()}; guest under -accel tcg, 1 vCPU",
               "`ferry restore` checks every checksum before it starts the VM, so its time includes a verify",
               f"load average before/after: {load_before} / {load_average()}"]
     report("snapshot", "Ferry snapshot benchmark (MiB = 2^20 B)", rows, args, started,
@@ -345,4 +339,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Everything Ferry needs on a fresh Debian 12 machine (run as root), idempotent:
-# Debian packages, a venv in .venv with Ansible and the engine (which builds the
-# built-in guest), the Linux test guest, and this checkout made visible to Ansible
-# as ferry.hypervisor.
+# Debian packages (the benchmarks' anchors among them), a venv in .venv with Ansible
+# and the engine (which builds the built-in guest), the Linux test guest, and this
+# checkout made visible to Ansible as ferry.hypervisor.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -12,6 +12,9 @@ packages=(
     openssh-server openssh-client iproute2 iputils-ping procps psmisc util-linux
     gcc make binutils python3 python3-venv python3-dev
     busybox-static cpio gzip lz4 zstd
+    # The benchmarks' anchors, which the test suite's smoke runs measure (bench/README.md):
+    # QEMU (qemu-system-x86_64), a static libc for the migration guest's /init, file, iperf3.
+    qemu-system-x86 libc6-dev file iperf3
 )
 missing=()
 for package in "${packages[@]}"; do

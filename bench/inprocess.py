@@ -1,0 +1,103 @@
+"""Every part of the engine the benchmarks call from their own process, in one place.
+
+The benchmarks drive Ferry through its command line. Only what the command line
+cannot show is measured in-process: a vCPU's exit count and the bare KVM_RUN round
+trip (bench/engine.py), and a restore from building the machine to its first
+KVM_RUN, and a verify, without a Python start-up in front (bench/snapshot.py).
+When the engine's internals move, this file is the one to follow them; the smoke
+runs in the test suite fail when it has fallen behind.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+# Imported here, not when first used, so no timed span pays for an import.
+from ferry.kvm import abi
+from ferry.machine.vcpu import install_kick_handler as _install_kick_handler
+from ferry.machine.vm import Machine, MachineSpec
+from ferry.runtime import control, definition, snapshots
+from ferry.runtime.vmproc import spec_of
+from ferry.snapshot import format as fmt
+from ferry.snapshot import restore
+
+
+def install_kick_handler() -> None:
+    """The signal handler the engine's vCPU threads need, installed once per process."""
+    _install_kick_handler()
+
+
+def control_request(socket: Path, op: str) -> dict:
+    """One request to a VM process's control socket (its status carries ``exits``)."""
+    return control.request(socket, op, timeout=10)
+
+
+# --- bench/engine.py: exits ---
+
+def exit_machine(elf: Path, console):
+    """A booted, not yet started, 1-vCPU 64 MiB machine that runs ``elf``."""
+    machine = Machine(MachineSpec("bench-exits", 1, 64, elf), console)
+    machine.boot()
+    return machine
+
+
+def kvm_run_call(machine) -> tuple[int, int]:
+    """(vCPU 0's fd, the KVM_RUN request number): all a bare loop passes to ``ioctl``."""
+    return machine.vcpus[0].fd.fd, abi.IOCTLS["KVM_RUN"]
+
+
+def left_on_port_io(machine) -> str | None:
+    """None if vCPU 0's last exit was port I/O, else what it was."""
+    reason = machine.vcpus[0].fd.run_state.exit_reason
+    return None if reason == abi.EXIT_IO else f"exit reason {reason}"
+
+
+def exits(machine) -> int:
+    """Exits vCPU 0 has taken in the engine's run loop."""
+    return machine.vcpus[0].exits
+
+
+# --- bench/snapshot.py: restore and verify ---
+
+def _checked_reader():
+    """The engine's checked snapshot reader, or None on an engine from before it.
+
+    Main is moving snapshot reading to one checked reader (``ferry.snapshot.reader``,
+    reached through ``ferry.runtime.snapshots.load``), and ``restore.build`` takes what
+    it returns. Both shapes are served here so the benchmark runs on either side of that
+    change; the older branch can go once every engine has the reader.
+    """
+    return getattr(snapshots, "load", None)
+
+
+def restore_machine(folder: Path, console, lazy: bool):
+    """A paused machine built from the snapshot in ``folder``, as the VM process builds it
+    for ``ferry restore`` once the command has verified the memory (so no digests here)."""
+    load = _checked_reader()
+    if load is not None:
+        snapshot = load(folder, verify_memory=False)
+        return restore.build(snapshot, console, spec_of(snapshot.definition), lazy=lazy)
+    spec = spec_of(definition.validate(fmt.read_manifest(folder)["definition"]))
+    machine, _ = restore.build(folder, console, spec, lazy=lazy, verify_memory=False)
+    return machine
+
+
+def verify_snapshot(folder: Path) -> None:
+    """Every checksum of the snapshot, as ``ferry snapshot verify`` checks them."""
+    load = _checked_reader()
+    if load is not None:
+        load(folder, verify_memory=True)
+        return
+    fmt.verify(folder)
+
+
+def stamp_first_run(machine, stamps: list) -> None:
+    """Note the moment any vCPU first calls KVM_RUN: each vCPU's ``run`` is wrapped on
+    the instance, so the engine's code is not touched."""
+    for vcpu in machine.vcpus:
+        def run(original=vcpu.fd.run):
+            if not stamps:
+                stamps.append(time.perf_counter())
+            return original()
+        vcpu.fd.run = run
