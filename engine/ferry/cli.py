@@ -1,7 +1,9 @@
 """The ``ferry`` command.
 
-Each feature module adds its subcommands through ``register(subparsers)``;
-a handler takes the parsed arguments and returns a JSON-able result. With
+Each feature module adds its subcommands through ``register(subparsers, common)``;
+only the module of the command being run is imported (``COMMANDS``), so a
+command pays for no other's imports. A handler takes the parsed arguments and
+returns a JSON-able result. With
 ``--json`` the result is printed as one JSON document; otherwise the
 handler's ``render`` (if any) prints it for people. Every failure is one
 line on stderr and a non-zero exit.
@@ -16,10 +18,15 @@ import sys
 
 from . import __version__
 from .errors import Conflict, FerryError, NotFound
-from .kvm.ioctl import KvmError
 
-FEATURES = ("ferry.runtime.commands", "ferry.runtime.snapshot_commands", "ferry.runtime.migrate_commands",
-            "ferry.lab.cli")
+# The one command table: each command and the feature module that registers it.
+COMMANDS = {
+    **dict.fromkeys(("define", "start", "stop", "poweroff", "pause", "resume", "status", "list", "undefine",
+                     "console", "migrated", "host-info"), "ferry.runtime.commands"),
+    **dict.fromkeys(("snapshot", "restore"), "ferry.runtime.snapshot_commands"),
+    **dict.fromkeys(("migrate", "receive"), "ferry.runtime.migrate_commands"),
+    "lab": "ferry.lab.cli",
+}
 
 
 class Parser(argparse.ArgumentParser):
@@ -29,7 +36,8 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser for ``command`` alone, or for every command (``--help``, a typo)."""
     import importlib
 
     parser = Parser(prog="ferry", description="Ferry hypervisor engine")
@@ -37,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print one JSON document (accepted anywhere on the line; errors too, on stderr)")
     parser.add_argument("--version", action="version", version=f"ferry {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in FEATURES:
+    modules = [COMMANDS[command]] if command in COMMANDS else sorted(set(COMMANDS.values()))
+    for module in modules:
         importlib.import_module(module).register(sub, common_options())
     return parser
 
@@ -61,24 +70,24 @@ def emit(args: argparse.Namespace, result) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     # --json is accepted anywhere on the line, as people type it.
     want_json = "--json" in argv
     argv = [a for a in argv if a != "--json"]
-    args = parser.parse_args(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     args.json = want_json
     try:
         emit(args, args.func(args))
-    except (FerryError, KvmError) as err:
-        report_error(err, want_json)
-        return 1
-    except KeyboardInterrupt:
-        return 130
     except BrokenPipeError:
         # The reader went away (``ferry list | head``): nothing more to say to it.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except (FerryError, OSError) as err:  # KVM's errors are OSErrors too
+        report_error(err, want_json)
+        return 1
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 
@@ -92,10 +101,11 @@ def error_kind(err: Exception) -> str:
 
 
 def report_error(err: Exception, want_json: bool) -> None:
+    message = " ".join(str(err).split())  # one line, whatever the error carried
     if want_json:
-        print(json.dumps({"error": str(err), "kind": error_kind(err)}, sort_keys=True), file=sys.stderr)
+        print(json.dumps({"error": message, "kind": error_kind(err)}, sort_keys=True), file=sys.stderr)
     else:
-        print(f"ferry: {err}", file=sys.stderr)
+        print(f"ferry: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

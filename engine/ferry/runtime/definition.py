@@ -11,8 +11,6 @@ import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import yaml
-
 from .. import inputs
 from ..layout import MAX_VCPUS
 from ..errors import DefinitionError
@@ -127,7 +125,7 @@ def read_text(path: Path) -> str:
         raise DefinitionError(f"{path}: not UTF-8 text") from None
 
 
-def _yaml_problem(err: yaml.YAMLError) -> str:
+def _yaml_problem(err) -> str:
     """Where and what, in one line: "line 3, column 7: expected ',' or ']', but got ':'"."""
     mark = getattr(err, "problem_mark", None)
     problem = getattr(err, "problem", None) or str(err).splitlines()[0]
@@ -135,6 +133,8 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
 
 
 def load_file(path: Path) -> Definition:
+    import yaml  # here: commands that read no definition skip its import
+
     text = read_text(path)
     try:
         values = yaml.safe_load(text)
@@ -148,4 +148,6 @@ def load_file(path: Path) -> Definition:
 
 
 def dump(definition: Definition) -> str:
+    import yaml
+
     return yaml.safe_dump({"format": FORMAT, **definition.to_dict()}, sort_keys=False)

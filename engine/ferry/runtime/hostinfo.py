@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 
-from ..kvm.fds import Kvm, KvmUnavailable
-from ..kvm import abi
 
 
 def meminfo_mib() -> dict[str, int]:
@@ -19,6 +17,9 @@ def meminfo_mib() -> dict[str, int]:
 
 
 def _kvm() -> dict:
+    from ..kvm import abi
+    from ..kvm.fds import Kvm, KvmUnavailable  # here: every host command imports this module
+
     try:
         kvm = Kvm()
     except KvmUnavailable as err:

@@ -108,3 +108,21 @@ def test_console_starts_with_the_last_lines(ferry, tmp_path):
     shown = ferry.run("console", "vm1", "--lines", "3", "--no-input").out.splitlines()
     assert len(shown) == 3 and all(line.startswith("HB cpu=0") for line in shown[:2])
     assert ferry.run("console", "vm1", "--all", "--no-input").out.startswith(ferry.console("vm1").decode()[:20])
+
+
+def test_the_command_table_names_every_command_once():
+    from ferry import cli
+    parser = cli.build_parser()
+    registered = next(a for a in parser._actions if a.dest == "command").choices
+    assert set(registered) == set(cli.COMMANDS)
+
+
+def test_a_command_imports_only_what_it_uses(ferry):
+    """Start-up: ``ferry list`` must not pay for KVM, snapshots, migration, SSH or TLS."""
+    probe = ("import sys, ferry.cli; ferry.cli.main(['--json', 'list']); "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('paramiko', 'ssl', 'yaml', 'zstandard') "
+             "or m.startswith(('ferry.kvm', 'ferry.snapshot', 'ferry.migration', 'ferry.machine'))))")
+    ferry.state_dir.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([sys.executable, "-c", probe], env=ferry.env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]", done.stdout
