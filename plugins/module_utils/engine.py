@@ -56,8 +56,8 @@ def _import_api():
 def _use_site_packages(paths):
     for path in paths:
         site.addsitedir(path)
-    # The engine starts each VM as "sys.executable -m ferry.runtime.vmproc": that
-    # interpreter must find the engine the same way this one now does.
+    # The engine starts each VM under its venv's interpreter when it has one, else as
+    # "sys.executable -m ferry.runtime.vm_main": that one must find the engine as this one now does.
     inherited = os.environ.get('PYTHONPATH')
     os.environ['PYTHONPATH'] = os.pathsep.join(paths + ([inherited] if inherited else []))
 

@@ -8,15 +8,12 @@ has reached it.
 from __future__ import annotations
 
 import os
-import select
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from .. import inputs
 from ..errors import Conflict, FerryError, NotFound
-from . import control, definition as defn, operations as ops, statedir
+from . import control, definition as defn, launcher, operations as ops, statedir
 from .hostinfo import meminfo_mib
 
 START_TIMEOUT = 60.0
@@ -178,21 +175,13 @@ class Host:
                overcommit: bool = False, memory_mib: int | None = None) -> None:
         if not overcommit:
             self.admit(vmdir, memory_mib or vmdir.load_definition().memory)
-        log = os.fdopen(statedir.open_private(vmdir.engine_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab")
-        child = subprocess.Popen(
-            [sys.executable, "-m", "ferry.runtime.vmproc", "--state-dir", str(self.root), *extra, vmdir.name],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
-            start_new_session=True, close_fds=True)
-        log.close()
-        ready, _, _ = select.select([child.stdout], [], [], timeout)
-        line = child.stdout.readline().decode().strip() if ready else ""
-        child.stdout.close()
-        if line.startswith("error: "):
-            child.wait(5)
-            raise FerryError(f"{vmdir.name}: could not start: {line[len('error: '):]}")
-        if line not in ("ready", "already running"):
-            child.kill()
-            why = f"did not start within {timeout:.0f} s" if not ready else "its process ended at once"
+        started = launcher.launch(self.root, [*extra, vmdir.name], vmdir.engine_log, timeout)
+        if started.line.startswith("error: "):
+            started.process.wait(5)
+            raise FerryError(f"{vmdir.name}: could not start: {started.line[len('error: '):]}")
+        if started.line not in ("ready", "already running"):
+            started.process.kill()
+            why = f"did not start within {timeout:.0f} s" if not started.answered else "its process ended at once"
             raise FerryError(f"{vmdir.name}: {why}: {last_line(vmdir.engine_log)} (see {vmdir.engine_log})")
 
     def _control(self, name: str, op: str, **args) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 import re
-import select
 import ssl
 import subprocess
 import sys
@@ -15,13 +14,14 @@ from pathlib import Path
 from ..errors import Conflict, FerryError
 from ..migration import sender, transport
 from ..migration.source_memory import SourceMemory
-from . import operations as ops
+from . import launcher, operations as ops
 from .control import Session
 from .host import Host
 from .outgoing import decode_sections
-from .vmproc import read_token
+from .token import read_token
 
 PROGRESS_EVERY = 0.25
+RECEIVER_START_TIMEOUT = 30.0
 SIZE = re.compile(r"^(\d+(?:\.\d+)?)([kmgt]?)(i?b?)?(/s)?$", re.IGNORECASE)
 
 
@@ -224,25 +224,20 @@ def receive(host: Host, name: str, listen: str, token_file: Path, timeout: float
     host.vmdir(name)  # the name first: it becomes the staging folder's
     read_token(token_file)
     transport.parse_address(listen)
-    command = [sys.executable, "-m", "ferry.runtime.vmproc", "--state-dir", str(host.root),
-               "--incoming", listen, "--token-file", str(Path(token_file).resolve()),
-               "--accept-timeout", str(timeout), "--link-timeout", str(link_timeout)]
+    args = ["--incoming", listen, "--token-file", str(Path(token_file).resolve()),
+            "--accept-timeout", str(timeout), "--link-timeout", str(link_timeout)]
     for flag, path in (("--tls-cert", tls and tls.cert), ("--tls-key", tls and tls.key), ("--tls-ca", tls and tls.ca)):
         if path:
-            command += [flag, str(path)]
+            args += [flag, str(path)]
     host.root.mkdir(parents=True, exist_ok=True)
-    log = open(host.root / f"receive-{name}.log", "ab")
-    child = subprocess.Popen(command + [name], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=log, start_new_session=True, close_fds=True)
-    log.close()
-    ready, _, _ = select.select([child.stdout], [], [], 30)
-    line = child.stdout.readline().decode().strip() if ready else ""
-    child.stdout.close()
+    log = host.root / f"receive-{name}.log"
+    started = launcher.launch(host.root, [*args, name], log, RECEIVER_START_TIMEOUT)
+    child, line = started.process, started.line
     if line.startswith("error: "):
         raise FerryError(line[len("error: "):])
     if not line.startswith("listening"):
         child.kill()
-        raise FerryError(f"{name}: the receiver did not start (see {host.root}/receive-{name}.log)")
+        raise FerryError(f"{name}: the receiver did not start (see {log})")
     port = int(line.split()[1])
     if detach:
         return {"name": name, "listening": listen, "port": port, "pid": child.pid}

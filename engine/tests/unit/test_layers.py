@@ -18,8 +18,9 @@ def layer_of(module: str) -> int:
     return LAYERS.index(module.split(".")[0]) if module.split(".")[0] in LAYERS else -1
 
 
-def imports_of(path: Path) -> set[str]:
-    """Engine modules named by ``path``'s imports, as paths below the package."""
+def imports_of(path: Path, strings: bool = True) -> set[str]:
+    """Engine modules named by ``path``'s imports, as paths below the package; with ``strings``
+    also modules named in strings (``import_module("ferry.x")``, ``python -m ferry.x``)."""
     here = path.relative_to(PACKAGE).with_suffix("").parts
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -35,7 +36,8 @@ def imports_of(path: Path) -> set[str]:
             found.update(n for n in names if n)
         elif isinstance(node, ast.Import):
             found.update(a.name[len("ferry."):] for a in node.names if a.name.startswith("ferry."))
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and STRING_IMPORT.fullmatch(node.value):
+        elif strings and isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                and STRING_IMPORT.fullmatch(node.value):
             # importlib.import_module("ferry.x") and "python -m ferry.x" name modules too.
             found.add(node.value[len("ferry."):])
     return found
@@ -53,4 +55,44 @@ def test_no_module_imports_a_higher_layer(path):
 
 def test_string_and_plain_imports_are_seen():
     assert "runtime.commands" in imports_of(PACKAGE / "cli.py")          # importlib.import_module("ferry...")
-    assert "runtime.vmproc" in imports_of(PACKAGE / "runtime" / "host.py")  # python -m ferry.runtime.vmproc
+    assert "runtime.vm_main" in imports_of(PACKAGE / "runtime" / "launcher.py")  # python -m ferry.runtime.vm_main
+
+
+def module_of(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_import_cycles():
+    """No module imports itself through others (a process boundary such as ``python -m``
+    is not an import, so strings do not count here)."""
+    graph = {module_of(p): {m for m in imports_of(p, strings=False)} for p in MODULES}
+    cycles = []
+
+    def visit(module, trail):
+        if module in trail:
+            cycles.append(trail[trail.index(module):] + [module])
+            return
+        if module in done:
+            return
+        for target in sorted(graph.get(module, ())):
+            visit(target, trail + [module])
+        done.add(module)
+
+    done: set[str] = set()
+    for module in sorted(graph):
+        visit(module, [])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles[:5])
+
+
+def test_vm_processes_run_under_the_engines_own_interpreter(tmp_path):
+    from ferry.runtime.launcher import engine_python
+    venv = tmp_path / "venv"
+    package = venv / "lib" / "python3.11" / "site-packages" / "ferry"
+    package.mkdir(parents=True)
+    (venv / "bin").mkdir()
+    (venv / "bin" / "python").touch()
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    assert engine_python(package) == str(venv / "bin" / "python")
+    import sys
+    assert engine_python(tmp_path / "checkout" / "engine" / "ferry") == sys.executable
