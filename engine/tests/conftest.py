@@ -2,6 +2,7 @@
 
 import functools
 import os
+import secrets
 import sys
 
 import pytest
@@ -46,3 +47,12 @@ def pytest_terminal_summary(terminalreporter):
     no_kvm = [r for r in skipped if "NO KVM" in str(r.longrepr)]
     if no_kvm:
         terminalreporter.write_sep("!", f"{len(no_kvm)} KVM TESTS DID NOT RUN: /dev/kvm unusable", red=True)
+
+
+@pytest.fixture
+def token(tmp_path):
+    """A one-time migration token file, private as the engine requires."""
+    path = tmp_path / "token"
+    path.write_text(secrets.token_hex(32))
+    path.chmod(0o600)
+    return path

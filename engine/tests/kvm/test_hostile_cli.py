@@ -27,13 +27,6 @@ def victim(tmp_path):
     return folder
 
 
-@pytest.fixture
-def token(tmp_path):
-    path = tmp_path / "token"
-    path.write_text("t" * 64)
-    path.chmod(0o600)
-    return path
-
 
 def assert_refused(result, field: str):
     assert result.code == 1, result

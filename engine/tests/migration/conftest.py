@@ -1,4 +1,3 @@
-import secrets
 
 import pytest
 
@@ -27,13 +26,6 @@ def hosts(lab):
         lab.link(info["name"], up=True)
         lab.link(info["name"], clear=True)
 
-
-@pytest.fixture
-def token(tmp_path):
-    path = tmp_path / "token"
-    path.write_text(secrets.token_hex(32))
-    path.chmod(0o600)
-    return path
 
 
 @pytest.fixture

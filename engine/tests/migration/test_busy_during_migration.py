@@ -14,14 +14,20 @@ pytestmark = [pytest.mark.kvm, pytest.mark.lab]
 BUSY = "fill=60 rate=max hb=100"
 
 
-def test_during_the_handover_only_the_migration_moves_the_vm(hosts, tmp_path, token, relay):
-    h1, h2 = hosts
+def held_in_the_handover(h1, h2, tmp_path, token, relay):
+    """A migration from h1 to h2 whose COMMIT the relay holds until ``hold`` is set."""
     start_vm(h1, tmp_path)
     receive(h2, token)
     hold = threading.Event()
     proxy, address = relay(("out", Kind.COMMIT, 0), hold)
     process = start_migration(h1, address, token)
     assert proxy.reached.wait(60), "the migration never reached its handover"
+    return hold, address, process
+
+
+def test_during_the_handover_only_the_migration_moves_the_vm(hosts, tmp_path, token, relay):
+    h1, h2 = hosts
+    hold, address, process = held_in_the_handover(h1, h2, tmp_path, token, relay)
     for op, done in {**conflicting(h1, tmp_path, token), "poweroff": h1.run("poweroff", "m1")}.items():
         assert_busy(done, "handover")
     pid = h1.ok("status", "m1")["pid"]
@@ -34,13 +40,19 @@ def test_during_the_handover_only_the_migration_moves_the_vm(hosts, tmp_path, to
     exactly_one_copy(h2, h1)
 
 
-def test_during_precopy_conflicting_operations_are_busy_and_the_migration_completes(hosts, tmp_path, token, lab):
-    h1, h2 = hosts
+def in_precopy(h1, h2, tmp_path, token, lab):
+    """A busy guest migrating from h1 to h2 over a slow link, past the start of its first pass."""
     start_vm(h1, tmp_path, memory=128, cmdline=BUSY)
     lab.link(h2.name, rate="100mbit")
     receive(h2, token)
     process = start_migration(h1, f"{h2.ipv4}:{PORT}", token)
     wait_progress(process, "first-pass")
+    return process
+
+
+def test_during_precopy_conflicting_operations_are_busy_and_the_migration_completes(hosts, tmp_path, token, lab):
+    h1, h2 = hosts
+    process = in_precopy(h1, h2, tmp_path, token, lab)
     for op, done in conflicting(h1, tmp_path, token).items():
         assert_busy(done, "precopy")
     assert h1.ok("status", "m1")["state"] == "running", "a refused pause must change nothing"
@@ -52,11 +64,7 @@ def test_during_precopy_conflicting_operations_are_busy_and_the_migration_comple
 @pytest.mark.parametrize("how", ["poweroff", "SIGTERM"])
 def test_poweroff_during_precopy_cancels_and_leaves_one_stopped_copy(hosts, tmp_path, token, lab, how):
     h1, h2 = hosts
-    start_vm(h1, tmp_path, memory=128, cmdline=BUSY)
-    lab.link(h2.name, rate="100mbit")
-    receive(h2, token)
-    process = start_migration(h1, f"{h2.ipv4}:{PORT}", token)
-    wait_progress(process, "first-pass")
+    process = in_precopy(h1, h2, tmp_path, token, lab)
     if how == "poweroff":
         h1.ok("poweroff", "m1")
     else:
@@ -89,12 +97,7 @@ def test_a_vm_arriving_here_cannot_be_defined_here_meanwhile(hosts, tmp_path, to
 
 def test_a_source_killed_in_the_handover_starts_nowhere_until_resolved(hosts, tmp_path, token, relay):
     h1, h2 = hosts
-    start_vm(h1, tmp_path)
-    receive(h2, token)
-    hold = threading.Event()
-    proxy, address = relay(("out", Kind.COMMIT, 0), hold)
-    process = start_migration(h1, address, token)
-    assert proxy.reached.wait(60), "the migration never reached its handover"
+    hold, address, process = held_in_the_handover(h1, h2, tmp_path, token, relay)
     pid = h1.ok("status", "m1")["pid"]
     process.kill()
     process.wait(10)

@@ -109,18 +109,21 @@ def _entry(manifest: dict, name: str) -> dict:
     return next(e for e in manifest["sections"] if e["name"] == name)
 
 
+def replace_section(manifest: dict, folder: Path, name: str, data: bytes) -> None:
+    """Section ``name`` holds ``data`` now; offsets and checksums in ``manifest`` follow."""
+    state = (folder / fmt.STATE).read_bytes()
+    parts, offset = [], 0
+    for entry in manifest["sections"]:
+        raw = data if entry["name"] == name else state[entry["offset"]:entry["offset"] + entry["length"]]
+        entry.update(offset=offset, length=len(raw), checksum=fmt.digest(raw))
+        parts.append(raw)
+        offset += len(raw)
+    (folder / fmt.STATE).write_bytes(b"".join(parts))
+
+
 def _set_section(name: str, data: bytes):
     """Replace section ``name``'s bytes and fix every checksum: only decoding can refuse it."""
-    def change(manifest: dict, folder: Path) -> None:
-        state = (folder / fmt.STATE).read_bytes()
-        parts, offset = [], 0
-        for entry in manifest["sections"]:
-            raw = data if entry["name"] == name else state[entry["offset"]:entry["offset"] + entry["length"]]
-            entry.update(offset=offset, length=len(raw), checksum=fmt.digest(raw))
-            parts.append(raw)
-            offset += len(raw)
-        (folder / fmt.STATE).write_bytes(b"".join(parts))
-    return resign(change)
+    return resign(lambda manifest, folder: replace_section(manifest, folder, name, data))
 
 
 def _vcpu_with(**values):

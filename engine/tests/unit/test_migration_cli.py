@@ -24,13 +24,6 @@ def one_line_naming(done, *words):
     return lines[0]
 
 
-@pytest.fixture
-def token(tmp_path):
-    path = tmp_path / "token"
-    path.write_text("t" * 32)
-    path.chmod(0o600)
-    return path
-
 
 def free_port() -> int:
     with socket.socket() as probe:

@@ -18,7 +18,7 @@ from ferry.snapshot import format as fmt
 from ferry.snapshot import reader
 from ferry.snapshot.compress import compress_file
 
-from support.damage import CORPUS, manifest_of, write_resigned
+from support.damage import CORPUS, manifest_of, replace_section, write_resigned
 
 MEMORY_MIB = 4
 
@@ -194,14 +194,7 @@ def test_any_change_to_a_resigned_manifest_is_refused_or_harmless(pristine, tmp_
 
 def _state_with(folder, name, data):
     manifest = manifest_of(folder)
-    old = (folder / fmt.STATE).read_bytes()
-    parts, offset = [], 0
-    for entry in manifest["sections"]:
-        raw = data if entry["name"] == name else old[entry["offset"]:entry["offset"] + entry["length"]]
-        entry.update(offset=offset, length=len(raw), checksum=fmt.digest(raw))
-        parts.append(raw)
-        offset += len(raw)
-    (folder / fmt.STATE).write_bytes(b"".join(parts))
+    replace_section(manifest, folder, name, data)
     write_resigned(folder, manifest)
 
 
