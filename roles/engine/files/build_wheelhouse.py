@@ -23,8 +23,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-# Build outputs and things a wheel never contains; a checkout may hold them.
-SKIP_DIRS = {"__pycache__", ".pytest_cache", "build", "dist", "out", "tests", ".git"}
+# Build outputs and things a wheel never contains (tests, documents); a checkout may hold them.
+# Editing those must not make every host reinstall its engine.
+SKIP_DIRS = {"__pycache__", ".pytest_cache", "build", "dist", "out", "tests", "docs", ".git"}
 SKIP_SUFFIXES = (".pyc", ".pyo", ".o", ".elf", ".egg-info")
 MANIFEST = "wheelhouse.json"
 KEEP_BUILDS = 4
