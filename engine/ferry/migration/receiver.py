@@ -19,6 +19,7 @@ from ..machine.state import Section
 from ..snapshot import format as fmt
 from ..snapshot.digests import ChunkDigests
 from .gate import Gate, tell_refusal
+from .interfaces import Target
 from .protocol import Kind, ProtocolError
 from .transport import Channel, LinkError, Listener
 
@@ -39,7 +40,7 @@ class Receiver:
     ``committed`` or ``aborted`` (a QUERY hears which).
     """
 
-    def __init__(self, listener: Listener, token: bytes, target, accept_timeout: float):
+    def __init__(self, listener: Listener, token: bytes, target: Target, accept_timeout: float):
         self.target = target
         self.accept_timeout = accept_timeout
         self.deadline = time.monotonic() + accept_timeout

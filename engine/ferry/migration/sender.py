@@ -18,6 +18,7 @@ from ..errors import FerryError
 from ..snapshot import format as fmt
 from . import protocol
 from ..snapshot.digests import ChunkDigests
+from .interfaces import LiveSource, Source
 from .protocol import Kind, PeerFailed, ProtocolError
 from .transport import Channel, LinkError
 
@@ -85,7 +86,7 @@ def handshake(channel: Channel, token: bytes) -> dict:
 
 
 class Sender:
-    def __init__(self, source, connect: Callable[[], Channel], options: Options,
+    def __init__(self, source: Source | LiveSource, connect: Callable[[], Channel], options: Options,
                  on_progress: Callable[[dict], None] = lambda progress: None):
         self.source = source
         self.connect = connect

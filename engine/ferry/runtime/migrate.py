@@ -193,7 +193,7 @@ class StoppedVm:
     def resume(self) -> None:
         pass
 
-    def progress(self, values: dict) -> None:
+    def progress(self, progress: dict) -> None:
         pass
 
     def handover(self) -> None:

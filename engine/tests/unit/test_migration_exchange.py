@@ -1,0 +1,200 @@
+"""The whole Sender <-> Receiver exchange in one process, over socket pairs, with a fake
+source VM and a fake destination host: every message of the protocol crosses a real
+socket and its schema, and RAM arrives byte for byte. A contract test keeps both fakes
+true to the interfaces the real ones implement."""
+
+import inspect
+import os
+import queue
+import socket
+import threading
+
+import pytest
+
+from ferry.machine.state import Section
+from ferry.memory import GuestMemory
+from ferry.migration import interfaces, messages, sender
+from ferry.migration.protocol import PeerFailed
+from ferry.migration.receiver import Receiver
+from ferry.migration.source_memory import SourceMemory
+from ferry.migration.transport import Channel, LinkError
+from ferry.runtime.incoming import Incoming
+from ferry.runtime.migrate import SourceVm, StoppedVm
+
+MIB = 2**20
+SIZE = 8 * MIB
+TOKEN = b"t" * 32
+
+
+class FakeSource:
+    """A VM of 8 MiB in a memfd whose guest writes one page between rounds."""
+
+    def __init__(self):
+        fd = os.memfd_create("fake-guest")
+        os.ftruncate(fd, SIZE)
+        os.pwrite(fd, os.urandom(3 * MIB), MIB)           # data in chunk 0 and 1, zero chunks after
+        self.memory = SourceMemory(SIZE, fd=fd)
+        self.calls: list[str] = []
+        self.dirtied = 2
+
+    def _note(self, name):
+        self.calls.append(name)
+
+    def begin(self, live):
+        self._note("begin")
+
+    def dirty(self):
+        self._note("dirty")
+        if not self.dirtied:
+            return []
+        self.dirtied -= 1
+        os.pwrite(self.memory.fd, os.urandom(4096), 5 * MIB)  # one page, as a running guest would
+        return [(5 * MIB, 5 * MIB + 4096)]
+
+    def throttle(self, share):
+        self._note("throttle")
+
+    def pause(self):
+        self._note("pause")
+        return []
+
+    def sections(self):
+        self._note("sections")
+        return [Section("vcpu.0", 1, b'{"regs": "00"}'), Section("serial.com1", 1, b"{}")]
+
+    def resume(self):
+        self._note("resume")
+
+    def handover(self):
+        self._note("handover")
+
+    def finish(self, outcome, report):
+        self._note(f"finish {outcome}")
+
+    def progress(self, progress):
+        pass
+
+
+class FakeTarget:
+    """A destination host that keeps what arrives in a real GuestMemory."""
+
+    name = "vm1"
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self.log = self.lines.append
+        self.memory = None
+        self.sections = None
+        self.steps: list[str] = []
+
+    def check_offer(self, values, memory, mode):
+        self.steps.append("check_offer")
+
+    def create_memory(self, size):
+        self.memory = GuestMemory(size)
+        return self.memory
+
+    def build(self, values, memory, sections):
+        self.sections = sections
+        return "machine"
+
+    def ready(self):
+        self.steps.append("ready")
+
+    def commit(self, machine, values):
+        self.steps.append("commit")
+
+    def discard(self):
+        self.steps.append("discard")
+
+
+class PairListener:
+    """A listener whose connections are socket pairs made on demand by ``connect``."""
+
+    def __init__(self):
+        self.waiting: queue.Queue = queue.Queue()
+
+    def connect(self) -> Channel:
+        mine, theirs = socket.socketpair()
+        self.waiting.put(theirs)
+        return Channel(mine, True, messages.TO_SOURCE, link_timeout=10)
+
+    def accept(self):
+        conn = self.waiting.get()
+        if conn is None:
+            raise OSError("closed")
+        return conn, "pair"
+
+    def channel(self, conn, peer):
+        return Channel(conn, True, messages.TO_DESTINATION, link_timeout=10)
+
+    def close(self):
+        self.waiting.put(None)
+
+
+def migrate(mode="live", max_downtime_ms=0.0001):
+    source, target, listener = FakeSource(), FakeTarget(), PairListener()
+    receiver = Receiver(listener, TOKEN, target, accept_timeout=30)
+    outcome = []
+    thread = threading.Thread(target=lambda: outcome.append(receiver.run()), daemon=True)
+    thread.start()
+    options = sender.Options(mode=mode, max_downtime_ms=max_downtime_ms, token=TOKEN)
+    report = sender.Sender(source, listener.connect, options).run({"name": "vm1", "vcpus": 1, "memory": 8})
+    thread.join(30)
+    return source, target, report, outcome
+
+
+@pytest.mark.parametrize("mode", ["live", "warm"])
+def test_every_byte_and_section_arrives_and_the_handover_commits(mode):
+    source, target, report, outcome = migrate(mode)
+    assert outcome == ["committed"] and report.outcome == "committed"
+    assert bytes(target.memory.view[:SIZE]) == os.pread(source.memory.fd, SIZE, 0)
+    assert sorted(target.sections) == ["serial.com1", "vcpu.0"]
+    assert target.steps == ["check_offer", "ready", "commit"]
+    assert source.calls[0] == "begin" and source.calls[-2:] == ["handover", "finish committed"]
+    if mode == "live":
+        assert "dirty" in source.calls and len(report.rounds) >= 2, "the dirtied pages must take rounds"
+    else:
+        assert "dirty" not in source.calls and report.rounds == []
+
+
+def test_a_wrong_token_is_refused_and_the_source_resumes():
+    source, target, listener = FakeSource(), FakeTarget(), PairListener()
+    receiver = Receiver(listener, TOKEN, target, accept_timeout=2)
+    ended = []
+
+    def wait():
+        try:
+            receiver.run()
+        except LinkError as err:  # its --timeout: the wrong peer never counted as an arrival
+            ended.append(str(err))
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    options = sender.Options(mode="live", token=b"w" * 32)
+    with pytest.raises(PeerFailed, match="wrong token"):
+        sender.Sender(source, listener.connect, options).run({"name": "vm1", "vcpus": 1, "memory": 8})
+    assert "handover" not in source.calls and target.steps == []
+    assert any("failed to prove the migration token" in line for line in target.lines)
+    thread.join(10)
+    assert ended and "no migration arrived" in ended[0]
+
+
+def _members(protocol) -> set[str]:
+    return {name for name in dir(protocol) if not name.startswith("_")} | set(protocol.__annotations__)
+
+
+@pytest.mark.parametrize("protocol, implementations", [
+    (interfaces.LiveSource, [FakeSource, SourceVm]),
+    (interfaces.Source, [StoppedVm]),
+    (interfaces.Target, [FakeTarget, Incoming]),
+], ids=["live source", "source", "target"])
+def test_the_fakes_and_the_real_ends_implement_the_same_interface(protocol, implementations):
+    for implementation in implementations:
+        methods = {name for name, _ in inspect.getmembers(implementation, inspect.isfunction)}
+        missing = {m for m in _members(protocol) if callable(getattr(protocol, m, None))} - methods
+        assert not missing, f"{implementation.__name__} lacks {sorted(missing)}"
+        for name in methods & {m for m in dir(protocol) if not m.startswith("_")}:
+            want = list(inspect.signature(getattr(protocol, name)).parameters)
+            have = list(inspect.signature(getattr(implementation, name)).parameters)
+            assert have == want, f"{implementation.__name__}.{name}{have} differs from {protocol.__name__}"
