@@ -35,8 +35,9 @@ class FakeHost:
         return self.vm
 
     def _set_state(self, state):
-        self.vm.update(state=state, pid=4242 if state in ("running", "paused") else None,
-                       error=None)
+        active = state in ("running", "paused")
+        self.vm.update(state=state, pid=4242 if active else None, error=None,
+                       started_at=(self.vm.get("started_at") or 1.0e9) if active else None)
         return self.get(self.vm["name"])
 
     def get(self, name):
@@ -47,7 +48,7 @@ class FakeHost:
         self._record("define")
         new = validate(values).to_dict()
         if self.vm is None:
-            self.vm = dict(new, state="stopped", error=None, pid=None, boot_count=0,
+            self.vm = dict(new, state="stopped", error=None, pid=None, started_at=None, boot_count=0,
                            path=f"/var/lib/ferry/vms/{new['name']}", console_log="console.log")
         else:
             if self.vm["state"] in ("running", "paused") and (self.vm["vcpus"], self.vm["memory"]) != (
@@ -102,6 +103,7 @@ def make_vm(kernel, state, **changes):
     vm = {"name": NAME, "vcpus": 1, "memory": 64, "kernel": kernel, "initrd": None, "cmdline": "hb=1000",
           "state": state, "error": "killed" if state == "crashed" else None,
           "pid": 4242 if state in ("running", "paused") else None, "boot_count": 1,
+          "started_at": 1.0e9 if state in ("running", "paused") else None,
           "path": f"/var/lib/ferry/vms/{NAME}", "console_log": "console.log"}
     vm.update(changes)
     return vm
@@ -407,3 +409,45 @@ def test_any_parameters_end_in_a_result_or_one_clean_refusal(kernel, params, cur
     assert isinstance(result["changed"], bool)
     if check_mode:
         assert host.calls == []
+
+
+# --- the contract: the fake host behaves as the engine's real Host ---
+
+# (call, arguments) in the order a playbook's runs would make them; each compared on both hosts.
+SCENARIO = [
+    ("get", (NAME,)),
+    ("pause", (NAME,)),                 # refused: not defined
+    ("define", ({"name": NAME, "vcpus": 1, "memory": 16, "kernel": "builtin:selfcheck", "cmdline": "hb=100"},)),
+    ("pause", (NAME,)),                 # refused: not running
+    ("start", (NAME,)),
+    ("undefine", (NAME,)),              # refused: running
+    ("pause", (NAME,)),
+    ("resume", (NAME,)),
+    ("stop", (NAME, 20)),
+    ("undefine", (NAME,)),
+    ("get", (NAME,)),
+]
+
+
+def _outcome(host, call, args):
+    """What a module sees: the VM's state and the keys it is described with, or the refusal's type."""
+    try:
+        result = getattr(host, call)(*args, **({"replace": True} if call == "define" else {}))
+    except FerryError as err:
+        return ("refused", type(err).__name__)
+    if result is None:
+        return ("none",)
+    volatile = {"exits", "migration"}  # counters and progress of a live VM only the real one has
+    return (result["state"], sorted(set(result) - volatile))
+
+
+@pytest.mark.kvm
+def test_the_fake_host_behaves_as_the_real_one(tmp_path):
+    from ferry.runtime.host import Host
+    real, fake = Host(tmp_path / "state"), FakeHost()
+    try:
+        for call, args in SCENARIO:
+            assert _outcome(fake, call, args) == _outcome(real, call, args), f"{call}{args}"
+    finally:
+        if real.get(NAME) and real.get(NAME)["state"] in ("running", "paused"):
+            real.poweroff(NAME)
