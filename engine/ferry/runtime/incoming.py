@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from ..errors import Conflict, FerryError
+from ..files import sync_directory
 from ..machine import state
 from ..machine.vm import Machine
 from ..memory import GuestMemory
@@ -100,7 +101,7 @@ class Incoming:
         """The commit point: one rename of the staging folder into ``vms/``, made durable."""
         self.staging.path.rename(self.final.path)
         try:
-            statedir.sync_directory(self.final.path.parent)
+            sync_directory(self.final.path.parent)
         except OSError as err:  # the rename is done and visible: that, not the sync, is the commit
             self.log(f"could not sync {self.final.path.parent} after the commit: {err.strerror}")
         if machine is None:

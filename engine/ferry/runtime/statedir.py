@@ -86,15 +86,6 @@ def write_atomic(path: Path, text: str, mode: int = 0o600, durable: bool = True)
         raise
 
 
-def sync_directory(path: Path) -> None:
-    """Wait for the disk to hold the directory's entries (a rename into it, say)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class VmDir:
     def __init__(self, root: Path, name: str, folder: str = "vms"):
         self.name = inputs.vm_name(name)

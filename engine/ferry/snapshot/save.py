@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import Conflict
+from ..files import sync_directory
 from ..machine import state
 from . import format as fmt
 from . import memio
@@ -36,14 +37,6 @@ class SaveReport:
     rounds: list[int] = field(default_factory=list)
     bytes_written: int = 0
     disk_bytes: int = 0
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _copy(machine, out: int, ranges, report: SaveReport, digests: ChunkDigests) -> int:
@@ -147,9 +140,9 @@ def create(machine, folder: Path, definition: dict, origin: dict, tags: list[str
             manifest["memory"].update(compress_file(partial / fmt.MEMORY))
         manifest["save"] = {**report.__dict__, "total_ms": (time.perf_counter() - began) * 1000}
         manifest = fmt.write_manifest(partial, manifest)
-        _sync_dir(partial)
+        sync_directory(partial)
         os.rename(partial, folder)
-        _sync_dir(folder.parent)
+        sync_directory(folder.parent)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         if resume_needed:

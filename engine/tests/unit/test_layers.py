@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "ferry"
-LAYERS = ["errors", "inputs", "layout", "kvm", "memory", "boot", "devices", "guests", "machine", "snapshot",
+LAYERS = ["errors", "files", "inputs", "layout", "kvm", "memory", "boot", "devices", "guests", "machine", "snapshot",
           "migration", "runtime", "lab", "cli"]
 
 
