@@ -68,14 +68,15 @@ class Host:
 
     # --- the operations table, at the host API's door ---
 
-    def phase(self, vmdir: statedir.VmDir) -> str:
+    def phase(self, vmdir: statedir.VmDir, record: dict) -> str:
         if statedir.VmDir(self.root, vmdir.name, folder="incoming").process_alive():
             return ops.RECEIVING
-        return ops.phase_of(vmdir.read_migration(), vmdir.process_alive())
+        return ops.phase_of(record, vmdir.process_alive())
 
     def check_operation(self, op: str, vmdir: statedir.VmDir) -> None:
         """Refuse ``op`` (changing nothing) unless the VM's migration phase allows it."""
-        ops.check(op, self.phase(vmdir), vmdir.name, vmdir.read_migration().get("to"))
+        record = vmdir.read_migration()
+        ops.check(op, self.phase(vmdir, record), vmdir.name, record.get("to"))
 
     def get(self, name: str) -> dict | None:
         vmdir = self.vmdir(name)
