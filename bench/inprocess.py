@@ -17,8 +17,9 @@ from pathlib import Path
 from ferry.kvm import abi
 from ferry.machine.vcpu import install_kick_handler as _install_kick_handler
 from ferry.machine.vm import Machine, MachineSpec
-from ferry.runtime import control, definition, snapshots
-from ferry.runtime.vmproc import spec_of
+from ferry.control import protocol as control
+from ferry.store import definition, snapshots
+from ferry.vmprocess.process import spec_of
 from ferry.snapshot import format as fmt
 from ferry.snapshot import restore
 
@@ -64,7 +65,7 @@ def _checked_reader():
     """The engine's checked snapshot reader, or None on an engine from before it.
 
     Main is moving snapshot reading to one checked reader (``ferry.snapshot.reader``,
-    reached through ``ferry.runtime.snapshots.load``), and ``restore.build`` takes what
+    reached through ``ferry.store.snapshots.load``), and ``restore.build`` takes what
     it returns. Both shapes are served here so the benchmark runs on either side of that
     change; the older branch can go once every engine has the reader.
     """

@@ -1,7 +1,7 @@
 """What the two ends of a migration need from the host they run on (as cloud-hypervisor's
 Pausable/Snapshottable/Migratable): the sender drives a ``Source`` (a ``LiveSource`` when
-the VM runs), the receiver fills a ``Target``. ``runtime.migrate`` (a running VM over its control socket, or a stopped one)
-and ``runtime.incoming`` implement them; the protocol code sees nothing else of the host.
+the VM runs), the receiver fills a ``Target``. ``host.migrate`` (a running VM over its control socket, or a stopped one)
+and ``vmprocess.incoming`` implement them; the protocol code sees nothing else of the host.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The receiving side: authenticate, take memory and sections, check them, hand over.
 
 ``target`` is the destination host as the receiver needs it
-(``runtime.incoming`` implements it): ``check_offer``, ``create_memory``,
+(``vmprocess.incoming`` implements it): ``check_offer``, ``create_memory``,
 ``build`` (a paused machine from memory and sections), ``ready`` (write
 all the commit needs, before PREPARED), ``commit`` (the one durable step
 that makes the VM this host's, then run), ``discard`` (drop whatever is staged),

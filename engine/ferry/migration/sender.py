@@ -1,6 +1,6 @@
 """The sending side: pre-copy with convergence control, then the two-phase handover.
 
-``source`` is the running VM as the sender drives it (``runtime.migrate``
+``source`` is the running VM as the sender drives it (``host.migrate``
 implements it over the VM's control socket): ``begin``, ``dirty``,
 ``throttle``, ``pause``, ``sections``, ``resume``, ``handover``,
 ``finish``, ``progress``, and ``memory`` (a ``SourceMemory``).

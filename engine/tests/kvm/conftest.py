@@ -1,6 +1,6 @@
 import pytest
 
-from ferry.runtime.host import Host
+from ferry.host.api import Host
 
 from support.cli import Ferry
 

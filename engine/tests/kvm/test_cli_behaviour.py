@@ -86,8 +86,8 @@ def test_stop_of_a_guest_that_does_not_react_says_so_unless_forced(ferry, tmp_pa
 
 
 def test_the_console_log_rotates_and_a_reader_follows_it(tmp_path):
-    from ferry.runtime.commands import ConsoleLog
-    from ferry.runtime.vmproc import Console
+    from ferry.cli.vms import ConsoleLog
+    from ferry.vmprocess.console import Console
     path = tmp_path / "console.log"
     console = Console(path, limit=100)
     console.write(b"a" * 60 + b"\n")

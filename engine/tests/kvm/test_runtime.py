@@ -76,7 +76,7 @@ def test_two_starts_leave_one_process(ferry, tmp_path):
     assert [p.wait(60) for p in starts] == [0, 0]
     pid = ferry.ok("status", "vm1")["pid"]
     assert ferry.ok("start", "vm1")["pid"] == pid
-    found = subprocess.run(["pgrep", "-f", f"ferry.runtime.vm_main --state-dir {ferry.state_dir} vm1"],
+    found = subprocess.run(["pgrep", "-f", f"ferry.vmprocess.main --state-dir {ferry.state_dir} vm1"],
                            capture_output=True, text=True).stdout.split()
     assert found == [str(pid)]
 

@@ -9,7 +9,7 @@ import time
 import pytest
 import yaml
 
-from ferry.runtime.host import Host
+from ferry.host.api import Host
 from ferry.snapshot import format as fmt
 
 from support.cli import Ferry, assert_sequence_continues

@@ -16,7 +16,7 @@ from ferry.migration import protocol, transport
 from ferry.migration.gate import HANDSHAKE_TIMEOUT
 from ferry.migration.protocol import Kind, PeerFailed
 from ferry.migration.sender import handshake
-from ferry.runtime.host import Host
+from ferry.host.api import Host
 from ferry.snapshot import format as fmt
 from support.cli import Ferry
 

@@ -36,7 +36,7 @@ class Host:
                 args = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if "ferry.runtime.vm_main" in args:
+            if "ferry.vmprocess.main" in args:
                 found[int(pid)] = args
         return found
 

@@ -11,8 +11,8 @@ from hypothesis import given, settings, strategies as st
 
 from ferry import inputs
 from ferry.errors import FerryError
-from ferry.runtime import definition as defn
-from ferry.runtime import statedir
+from ferry.store import definition as defn
+from ferry.store import statedir
 
 HOSTILE_NAMES = ["../../victim", "..", ".", "../x", "a/b", "/etc", "vm\n", "vm\r", "\nvm", "vm\x00", "",
                  " vm", "vm ", "VM", "-vm", ".hidden", "x" * 64, "vm\t", "ｖｍ", "vm/..", "%2e%2e"]

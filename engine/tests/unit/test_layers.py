@@ -8,7 +8,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "ferry"
 LAYERS = ["errors", "files", "inputs", "layout", "kvm", "memory", "boot", "devices", "guests", "machine", "snapshot",
-          "migration", "runtime", "lab", "cli"]
+          "migration", "store", "control", "vmprocess", "host", "lab", "cli"]
 
 
 STRING_IMPORT = re.compile(r"ferry(\.[a-z_][a-z0-9_]*)+")
@@ -54,8 +54,8 @@ def test_no_module_imports_a_higher_layer(path):
 
 
 def test_string_and_plain_imports_are_seen():
-    assert "runtime.commands" in imports_of(PACKAGE / "cli.py")          # importlib.import_module("ferry...")
-    assert "runtime.vm_main" in imports_of(PACKAGE / "runtime" / "launcher.py")  # python -m ferry.runtime.vm_main
+    assert "cli.vms" in imports_of(PACKAGE / "cli" / "__init__.py")               # importlib.import_module("ferry...")
+    assert "vmprocess.main" in imports_of(PACKAGE / "host" / "launcher.py")        # python -m ferry.vmprocess.main
 
 
 def module_of(path: Path) -> str:
@@ -86,7 +86,7 @@ def test_no_import_cycles():
 
 
 def test_vm_processes_run_under_the_engines_own_interpreter(tmp_path):
-    from ferry.runtime.launcher import engine_python
+    from ferry.host.launcher import engine_python
     venv = tmp_path / "venv"
     package = venv / "lib" / "python3.11" / "site-packages" / "ferry"
     package.mkdir(parents=True)

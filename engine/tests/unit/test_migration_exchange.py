@@ -18,8 +18,8 @@ from ferry.migration.protocol import PeerFailed
 from ferry.migration.receiver import Receiver
 from ferry.migration.source_memory import SourceMemory
 from ferry.migration.transport import Channel, LinkError
-from ferry.runtime.incoming import Incoming
-from ferry.runtime.migrate import SourceVm, StoppedVm
+from ferry.vmprocess.incoming import Incoming
+from ferry.host.migrate import SourceVm, StoppedVm
 
 MIB = 2**20
 SIZE = 8 * MIB
@@ -175,8 +175,8 @@ def test_a_wrong_token_is_refused_and_the_source_resumes():
     with pytest.raises(PeerFailed, match="wrong token"):
         sender.Sender(source, listener.connect, options).run({"name": "vm1", "vcpus": 1, "memory": 8})
     assert "handover" not in source.calls and target.steps == []
+    thread.join(10)  # the receiver logs the refusal after it has sent it: read its lines once it is done
     assert any("failed to prove the migration token" in line for line in target.lines)
-    thread.join(10)
     assert ended and "no migration arrived" in ended[0]
 
 

@@ -2,9 +2,10 @@
 
 import pytest
 
-from ferry.runtime import operations as ops
-from ferry.runtime.outgoing import Outgoing
-from ferry.runtime.vmproc import VmProcess
+from ferry.control import operations as ops
+from ferry.control import protocol as control
+from ferry.vmprocess.outgoing import Outgoing
+from ferry.vmprocess.process import VmProcess
 
 
 class _Names:
@@ -16,9 +17,20 @@ class _Names:
         return name
 
 
-def test_every_control_operation_is_in_the_table():
+def test_the_vm_process_serves_exactly_the_tables_socket_operations():
     served = set(VmProcess.operations(_Names()))
-    assert served <= set(ops.ALLOWED), sorted(served - set(ops.ALLOWED))
+    assert served == ops.ON_SOCKET, sorted(served ^ ops.ON_SOCKET)
+    ops.check_served(served)
+    with pytest.raises(AssertionError, match="snapshot"):
+        ops.check_served(served - {"snapshot"})
+
+
+def test_a_client_cannot_send_an_operation_the_table_lacks(tmp_path):
+    # Refused before any connection: there is no socket at this path at all.
+    with pytest.raises(control.ControlError, match="op: 'do_pause' is not a control operation"):
+        control.request(tmp_path / "control.sock", "do_pause")
+    with pytest.raises(control.ControlError, match="op: 'define' is not a control operation"):
+        control.request(tmp_path / "control.sock", "define")  # a folder operation, the host API's
 
 
 @pytest.mark.parametrize("op", ["resume", "pause", "shutdown", "snapshot", "poweroff", "start", "define",

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from ferry.errors import FerryError
 from ferry.machine import state
 from ferry.machine.vm import DEVICE_STATES
-from ferry.runtime import definition as defn
+from ferry.store import definition as defn
 from ferry.snapshot import format as fmt
 from ferry.snapshot import reader
 from ferry.snapshot.compress import compress_file

@@ -1,5 +1,5 @@
 """The process that is one running VM (as bhyve runs one process per guest):
-the classes it is made of. Its entry point is ``vm_main``.
+the classes it is made of. Its entry point is ``main``.
 
 It holds the VM's lock, writes the console log and ``status.json``, serves
 the control socket, and handles guest events: poweroff ends the process, a
@@ -21,9 +21,10 @@ from ..errors import FerryError
 from ..machine.vcpu import GuestEvent, RunState
 from ..machine.vm import Event, Machine, MachineSpec
 from ..snapshot import restore, save
-from . import operations as ops
-from . import snapshots, statedir
-from .control import ControlServer
+from ..control import operations as ops
+from ..store import snapshots, statedir
+from ..control.protocol import ControlServer
+from .console import Console
 from .outgoing import Outgoing
 
 
@@ -42,47 +43,6 @@ def log(text: str) -> None:
         pass  # a full disk loses the line; it must not stop the VM or the migration
 
 
-CONSOLE_LIMIT = 16 * 2**20  # console.log moves to console.log.1 past this, so it never fills the disk
-
-
-class Console:
-    """The console log: every byte the guest writes to COM1, kept across reboots, in two
-    generations of at most ``limit`` bytes (``console.log`` and ``console.log.1``)."""
-
-    def __init__(self, path: Path, limit: int = CONSOLE_LIMIT):
-        self.path = path
-        self.limit = limit
-        self._open()
-
-    def _open(self) -> None:
-        fd = statedir.open_private(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-        self.handle = os.fdopen(fd, "ab", buffering=0)
-        self.size = os.fstat(fd).st_size
-
-    def write(self, data: bytes) -> None:
-        try:
-            self.handle.write(data)
-        except OSError:
-            return  # a full disk loses console bytes, never the guest (this runs in a vCPU thread)
-        self.size += len(data)
-        if self.size > self.limit:
-            self._rotate()
-
-    def _rotate(self) -> None:
-        try:
-            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-            self.handle.close()
-            self._open()
-        except OSError:
-            self.size = 0  # keep writing where we are; try again a limit later
-
-    def flush(self) -> None:
-        pass
-
-    def note(self, text: str) -> None:
-        self.write(f"\n[ferry] {text}\n".encode())
-
-
 class VmProcess:
     def __init__(self, vmdir: statedir.VmDir, console: Console | None = None):
         self.vmdir = vmdir
@@ -95,6 +55,7 @@ class VmProcess:
         self.migrated_to: str | None = None
         self.clear_unfinished_snapshots()
         self.handlers = self.operations()
+        ops.check_served(self.handlers)
         self.server = ControlServer(vmdir.socket, self.handle, self.connection_closed)
 
     def clear_unfinished_snapshots(self) -> None:
@@ -174,8 +135,8 @@ class VmProcess:
     # --- control requests ---
 
     def operations(self) -> dict:
-        """The control operations this process serves, by name; which phase allows
-        which is the table in ``operations``, checked in ``handle`` for all of them."""
+        """The control operations this process serves, by name: exactly the socket door's
+        operations of ``operations.TABLE``, whose phases ``handle`` checks for all of them."""
         return {"status": self.op_status, "pause": self.op_pause, "resume": self.op_resume,
                 "shutdown": self.op_shutdown, "poweroff": self.op_poweroff, "snapshot": self.snapshot,
                 "console-input": self.op_console_input, **self.outgoing.steps()}

@@ -40,36 +40,48 @@ SETTLING = (HANDOVER, IN_DOUBT)            # the outcome belongs to the two-phas
 PHASES = (IDLE, *MOVING, *SETTLING, COMMITTED, RECEIVING)
 EVERY = PHASES
 
-# operation -> the phases it is allowed in
-ALLOWED: dict[str, tuple[str, ...]] = {
+SOCKET = "socket"  # served by the VM process on its control socket
+FOLDER = "folder"  # done by the host API on the VM's folder
+
+# operation -> (the door it enters by, the phases it is allowed in)
+TABLE: dict[str, tuple[str, tuple[str, ...]]] = {
     # read-only, or harmless to the guest's place
-    "status": EVERY,
-    "console-input": (IDLE, *MOVING, *SETTLING),
+    "status": (SOCKET, EVERY),
+    "console-input": (SOCKET, (IDLE, *MOVING, *SETTLING)),
     # the guest's run state
-    "pause": (IDLE,),
-    "resume": (IDLE,),
-    "shutdown": (IDLE,),
-    "poweroff": (IDLE, *MOVING),
-    "snapshot": (IDLE,),
-    # the VM's folder (host API)
-    "define": (IDLE,),
-    "start": (IDLE,),
-    "restore": (IDLE,),
-    "undefine": (IDLE,),
-    "snapshot-delete": (IDLE, *MOVING, *SETTLING),
-    "migrate": (IDLE,),
+    "pause": (SOCKET, (IDLE,)),
+    "resume": (SOCKET, (IDLE,)),
+    "shutdown": (SOCKET, (IDLE,)),
+    "poweroff": (SOCKET, (IDLE, *MOVING)),
+    "snapshot": (SOCKET, (IDLE,)),
+    # the VM's folder
+    "define": (FOLDER, (IDLE,)),
+    "start": (FOLDER, (IDLE,)),
+    "restore": (FOLDER, (IDLE,)),
+    "undefine": (FOLDER, (IDLE,)),
+    "snapshot-delete": (FOLDER, (IDLE, *MOVING, *SETTLING)),
+    "migrate": (FOLDER, (IDLE,)),
     # a migration's own steps, in the order the sender takes them
-    "migration-begin": (IDLE,),
-    "migration-dirty": (PRECOPY,),
-    "migration-throttle": (PRECOPY,),
-    "migration-pause": MOVING,
-    "migration-sections": (STOP_AND_COPY,),
-    "migration-progress": (*MOVING, *SETTLING),
-    "migration-resume": MOVING,
-    "migration-handover": (STOP_AND_COPY,),
-    "migration-attach": SETTLING,
-    "migration-finish": SETTLING,
+    "migration-begin": (SOCKET, (IDLE,)),
+    "migration-dirty": (SOCKET, (PRECOPY,)),
+    "migration-throttle": (SOCKET, (PRECOPY,)),
+    "migration-pause": (SOCKET, MOVING),
+    "migration-sections": (SOCKET, (STOP_AND_COPY,)),
+    "migration-progress": (SOCKET, (*MOVING, *SETTLING)),
+    "migration-resume": (SOCKET, MOVING),
+    "migration-handover": (SOCKET, (STOP_AND_COPY,)),
+    "migration-attach": (SOCKET, SETTLING),
+    "migration-finish": (SOCKET, SETTLING),
 }
+ALLOWED = {op: phases for op, (_, phases) in TABLE.items()}
+ON_SOCKET = frozenset(op for op, (door, _) in TABLE.items() if door == SOCKET)
+
+
+def check_served(handlers) -> None:
+    """The VM process serves exactly the table's socket operations: one it lacks, or one the
+    table does not know, is a defect found when the process starts, not at a user's request."""
+    if set(handlers) != ON_SOCKET:
+        raise AssertionError(f"control handlers differ from the table: {sorted(set(handlers) ^ ON_SOCKET)}")
 
 
 class Busy(Conflict):

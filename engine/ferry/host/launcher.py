@@ -15,10 +15,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import statedir
+from ..store import statedir
 
 PACKAGE = Path(__file__).resolve().parents[1]
-ENTRY = "ferry.runtime.vm_main"
+ENTRY = "ferry.vmprocess.main"
 
 
 def engine_python(package: Path = PACKAGE) -> str:
@@ -39,7 +39,7 @@ class Launched:
 
 
 def launch(root: Path, args: list[str], log: Path, timeout: float) -> Launched:
-    """Start ``vm_main`` with ``args`` (its stderr appended to ``log``) and wait for its first line."""
+    """Start ``vmprocess.main`` with ``args`` (its stderr appended to ``log``) and wait for its first line."""
     with open_log(log) as stderr:
         process = subprocess.Popen([engine_python(), "-m", ENTRY, "--state-dir", str(root), *args],
                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,

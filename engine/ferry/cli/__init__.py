@@ -16,15 +16,15 @@ import json
 import os
 import sys
 
-from . import __version__
-from .errors import Conflict, FerryError, NotFound
+from .. import __version__
+from ..errors import Conflict, FerryError, NotFound
 
 # The one command table: each command and the feature module that registers it.
 COMMANDS = {
     **dict.fromkeys(("define", "start", "stop", "poweroff", "pause", "resume", "status", "list", "undefine",
-                     "console", "migrated", "host-info"), "ferry.runtime.commands"),
-    **dict.fromkeys(("snapshot", "restore"), "ferry.runtime.snapshot_commands"),
-    **dict.fromkeys(("migrate", "receive"), "ferry.runtime.migrate_commands"),
+                     "console", "migrated", "host-info"), "ferry.cli.vms"),
+    **dict.fromkeys(("snapshot", "restore"), "ferry.cli.snapshots"),
+    **dict.fromkeys(("migrate", "receive"), "ferry.cli.migrate"),
     "lab": "ferry.lab.cli",
 }
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def error_kind(err: Exception) -> str:
     """A stable word for what went wrong, for programs reading ``--json`` errors."""
-    from .runtime.operations import Busy
+    from ..control.operations import Busy
     for kind, types in (("busy", Busy), ("not-found", NotFound), ("conflict", Conflict)):
         if isinstance(err, types):
             return kind
@@ -107,6 +107,3 @@ def report_error(err: Exception, want_json: bool) -> None:
     else:
         print(f"ferry: {message}", file=sys.stderr)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """The VM process's entry point, started by ``launcher`` (``Host.start``, ``restore``,
 ``ferry receive``):
 
-    python -m ferry.runtime.vm_main --state-dir DIR [--restore SNAPSHOT | --incoming ADDR:PORT ...] NAME
+    python -m ferry.vmprocess.main --state-dir DIR [--restore SNAPSHOT | --incoming ADDR:PORT ...] NAME
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 
 from ..errors import FerryError
 from ..machine.vcpu import install_kick_handler
-from . import statedir
-from .token import read_token
-from .vmproc import VmProcess, log
+from ..store import statedir
+from ..store.token import read_token
+from .process import VmProcess, log
 
 
 def _detach_stdio(ready_fd: int, message: str) -> None:

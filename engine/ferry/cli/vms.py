@@ -8,8 +8,8 @@ import sys
 import time
 
 from ..errors import NotFound
-from . import definition as defn
-from .host import START_TIMEOUT, STOP_TIMEOUT, Host
+from ..store import definition as defn
+from ..host.api import START_TIMEOUT, STOP_TIMEOUT, Host
 
 DETACH_KEY = b"\x1d"  # Ctrl-]
 BARE_NEWLINE = re.compile(rb"(?<!\r)\n")

@@ -13,8 +13,10 @@ from pathlib import Path
 
 from .. import inputs
 from ..errors import Conflict, FerryError, NotFound
-from . import control, definition as defn, launcher, operations as ops, statedir
-from .hostinfo import meminfo_mib
+from ..control import protocol as control, operations as ops
+from ..store import definition as defn, statedir
+from . import launcher
+from .info import meminfo_mib
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
@@ -267,5 +269,5 @@ class Host:
         return pruned
 
     def host_info(self) -> dict:
-        from .hostinfo import host_info
+        from .info import host_info
         return host_info(self)

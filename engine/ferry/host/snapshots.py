@@ -11,8 +11,10 @@ from ..errors import Conflict, NotFound
 from ..snapshot import format as fmt
 from ..snapshot import reader, save
 from ..snapshot.save import summary
-from . import control, definition as defn, statedir
-from .host import START_TIMEOUT, Host
+from ..control import protocol as control
+from ..store import statedir
+from ..store.snapshots import load
+from .api import START_TIMEOUT, Host
 
 SAVE_TIMEOUT = 3600.0
 STOP_AFTER_SAVE_TIMEOUT = 30.0
@@ -63,11 +65,6 @@ def create(host: Host, name: str, snapshot_id: str | None = None, tags=(), exit:
         # As bhyvectl --suspend: return once the VM is gone, so a restore can follow at once.
         host.wait_exit(vmdir, STOP_AFTER_SAVE_TIMEOUT)
     return result
-
-
-def load(folder, verify_memory: bool = True) -> reader.Snapshot:
-    """A snapshot with every file and field checked, its definition by this engine's rules."""
-    return reader.load(folder, defn.validate, verify_memory)
 
 
 def list_snapshots(host: Host, name: str) -> list[dict]:

@@ -14,11 +14,12 @@ from pathlib import Path
 from ..errors import Conflict, FerryError
 from ..migration import sender, transport
 from ..migration.source_memory import SourceMemory
-from . import launcher, operations as ops
-from .control import Session
-from .host import Host
-from .outgoing import decode_sections
-from .token import read_token
+from . import launcher
+from ..control import operations as ops
+from ..control.protocol import Session
+from .api import Host
+from ..vmprocess.outgoing import decode_sections
+from ..store.token import read_token
 
 PROGRESS_EVERY = 0.25
 RECEIVER_START_TIMEOUT = 30.0

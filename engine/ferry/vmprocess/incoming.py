@@ -21,9 +21,10 @@ from ..machine import state
 from ..machine.vm import Machine
 from ..memory import GuestMemory
 from ..snapshot import restore
-from . import definition as defn
-from . import statedir
-from .vmproc import Console, VmProcess, spec_of
+from ..store import definition as defn
+from ..store import statedir
+from .console import Console
+from .process import VmProcess, spec_of
 
 MEMORY_MARGIN_MIB = 64
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import FerryError
+from .operations import ON_SOCKET
 
 MAX_SOCKET_PATH = 100
 
@@ -29,7 +30,14 @@ def _short_path(path: Path) -> tuple[str, int | None]:
     return f"/proc/self/fd/{folder}/{path.name}", folder
 
 
+def _known(op: str) -> None:
+    """Clients name only operations of the one table (``operations.TABLE``) the server serves."""
+    if op not in ON_SOCKET:
+        raise ControlError(f"op: {op!r} is not a control operation")
+
+
 def request(path: Path, op: str, timeout: float = 30.0, **args) -> dict:
+    _known(op)
     address, folder = _short_path(path)
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
@@ -72,6 +80,7 @@ class Session:
         self.buffer = b""
 
     def call(self, op: str, **args) -> tuple[dict, list[int]]:
+        _known(op)
         try:
             self.sock.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
             fds = []

@@ -16,7 +16,7 @@ import time
 from ..errors import Conflict, FerryError
 from ..machine import state
 from ..snapshot import memio
-from . import operations as ops
+from ..control import operations as ops
 
 
 class Outgoing:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 
-from . import snapshots
-from .host import Host
+from ..host import snapshots
+from ..host.api import Host
 
 
 def _render_snapshot(snap: dict) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from .. import inputs
 from ..migration.transport import SshOptions, TlsFiles
-from . import migrate
-from .host import Host
+from ..host import migrate
+from ..host.api import Host
 
 
 def positive(unit: str):
