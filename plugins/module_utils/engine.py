@@ -48,8 +48,8 @@ def _venv_site_packages(venv):
 def _import_api():
     from ferry.errors import FerryError
     from ferry.inputs import seconds
-    from ferry.runtime.definition import validate
-    from ferry.runtime.host import Host
+    from ferry.store.definition import validate
+    from ferry.host.api import Host
     return EngineApi(Host, FerryError, validate, seconds)
 
 
@@ -57,7 +57,7 @@ def _use_site_packages(paths):
     for path in paths:
         site.addsitedir(path)
     # The engine starts each VM under its venv's interpreter when it has one, else as
-    # "sys.executable -m ferry.runtime.vm_main": that one must find the engine as this one now does.
+    # "sys.executable -m ferry.vmprocess.main": that one must find the engine as this one now does.
     inherited = os.environ.get('PYTHONPATH')
     os.environ['PYTHONPATH'] = os.pathsep.join(paths + ([inherited] if inherited else []))
 

@@ -9,7 +9,7 @@ import pytest
 
 from ferry import inputs
 from ferry.errors import Conflict, FerryError, NotFound
-from ferry.runtime.definition import validate
+from ferry.store.definition import validate
 
 from ansible_collections.ferry.hypervisor.plugins.module_utils import vm_manager
 from ansible_collections.ferry.hypervisor.plugins.module_utils.engine import Engine, EngineApi, EngineError
@@ -369,7 +369,7 @@ def test_a_bad_stop_timeout_is_refused_also_in_check_mode(kernel, timeout, check
 
 
 def test_the_fake_host_refuses_names_as_the_real_one_does(tmp_path):
-    from ferry.runtime.host import Host
+    from ferry.host.api import Host
     real, fake = Host(tmp_path), FakeHost()
     for name in ["../../victimB", "vm\n", "ok-name"]:
         outcomes = []
@@ -443,7 +443,7 @@ def _outcome(host, call, args):
 
 @pytest.mark.kvm
 def test_the_fake_host_behaves_as_the_real_one(tmp_path):
-    from ferry.runtime.host import Host
+    from ferry.host.api import Host
     real, fake = Host(tmp_path / "state"), FakeHost()
     try:
         for call, args in SCENARIO:
