@@ -3,7 +3,10 @@
 It forwards real connections between real hosts; the first connection is
 cut, held or stalled at the rule's point (a cut closes both sockets, as a
 dead link), and may have messages rewritten; later ones (a source resolving
-an in-doubt handover) pass untouched.
+an in-doubt handover) pass untouched, once a hold is released: while the first
+connection's frame is held the link is down for every connection, so a source
+that gives up on the held one (its link timeout, on a slow machine) cannot
+resolve past the test's back.
 """
 
 from __future__ import annotations
@@ -63,16 +66,21 @@ class FaultProxy:
             except OSError:
                 return
             self.connections += 1
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()  # nothing listens there (a killed receiver): as a refused connection
-                continue
-            upstream.settimeout(None)
             first = self.connections == 1
-            pair = (client, upstream)
-            for args in ((client, upstream, "out"), (upstream, client, "back")):
-                threading.Thread(target=self._pump, args=(*args, first, pair), daemon=True).start()
+            threading.Thread(target=self._relay, args=(client, first), daemon=True).start()
+
+    def _relay(self, client: socket.socket, first: bool) -> None:
+        if not first and self.hold is not None:
+            self.hold.wait(60)
+        try:
+            upstream = socket.create_connection(self.target, timeout=5)
+        except OSError:
+            client.close()  # nothing listens there (a killed receiver): as a refused connection
+            return
+        upstream.settimeout(None)
+        pair = (client, upstream)
+        for args in ((client, upstream, "out"), (upstream, client, "back")):
+            threading.Thread(target=self._pump, args=(*args, first, pair), daemon=True).start()
 
     def _pump(self, source, sink, direction, first, pair) -> None:
         memory_bytes, armed = 0, first
