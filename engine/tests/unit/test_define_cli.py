@@ -91,3 +91,9 @@ def test_poweroff_of_a_stopped_vm_with_a_timeout_is_a_no_op(tmp_path):
     assert ferry(tmp_path, "--json", "define", "-", stdin=json.dumps(VM))[0] == 0
     code, out, err = ferry(tmp_path, "--json", "poweroff", "vm1", "--timeout", "5")
     assert code == 0 and json.loads(out)["state"] == "stopped", err
+
+
+@pytest.mark.parametrize("name", ["--json", "-x", "--force"])
+def test_a_name_after_double_dash_is_refused_as_a_name(tmp_path, name):
+    error = json_error(ferry(tmp_path, "--json", "stop", "--timeout", "1", "--", name))
+    assert error["error"].startswith(f"name: {name!r} is not a valid VM name"), error
