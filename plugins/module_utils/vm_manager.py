@@ -160,6 +160,9 @@ def predict(current, desired, target):
         state = target
     vm = dict(current or {}, **desired)
     vm['state'] = state
+    if state != 'crashed':
+        # Only a crashed VM says why it stopped; a new VM has the keys a real run returns.
+        vm['error'] = None
     if state not in ACTIVE:
         vm['pid'] = None
     return vm

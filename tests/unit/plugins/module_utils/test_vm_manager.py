@@ -244,6 +244,7 @@ def test_check_mode_predicts_without_calls(kernel, current, target):
     assert predicted["changed"] == real["changed"]
     assert predicted["diff"] == real["diff"]
     assert predicted["vm"]["state"] == real["vm"]["state"]
+    assert predicted["vm"].get("error") == real["vm"].get("error")
 
 
 def test_diff_shows_definition_before_and_after(kernel):
