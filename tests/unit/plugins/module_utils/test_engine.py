@@ -36,8 +36,8 @@ def venv(tmp_path):
 
 
 def engine(venv, **answer):
-    runner = Canned(**answer)
-    return Engine(runner, None, venv), runner
+    """An Engine whose run_command is ``Canned(**answer)`` (its ``module``)."""
+    return Engine(Canned(**answer), None, venv)
 
 
 def test_no_engine_command_is_one_clear_line(tmp_path):
@@ -55,14 +55,14 @@ def test_an_engine_command_that_cannot_run_is_missing_too(venv):
 
 def test_the_engines_json_error_is_its_message_and_kind(venv):
     error = {"error": "vm1: busy migrating to h2; pause is refused until it ends", "kind": "busy"}
-    eng, _ = engine(venv, rc=1, out="", err=json.dumps(error) + "\n")
+    eng = engine(venv, rc=1, out="", err=json.dumps(error) + "\n")
     with pytest.raises(EngineError) as failure:
         eng.pause("vm1")
     assert (str(failure.value), failure.value.kind) == (error["error"], "busy")
 
 
 def test_a_vm_that_is_not_defined_is_none(venv):
-    eng, _ = engine(venv, rc=1, out="", err='{"error": "no VM named \'vm1\' in /x", "kind": "not-found"}\n')
+    eng = engine(venv, rc=1, out="", err='{"error": "no VM named \'vm1\' in /x", "kind": "not-found"}\n')
     assert eng.get("vm1") is None
     with pytest.raises(EngineError, match="^no VM named"):
         eng.start("vm1")
@@ -71,7 +71,7 @@ def test_a_vm_that_is_not_defined_is_none(venv):
 def test_a_broken_engine_is_one_line_naming_the_role(venv):
     traceback = ("Traceback (most recent call last):\n  File \"x\", line 1, in <module>\n"
                  "ModuleNotFoundError: No module named 'zstandard'\n")
-    eng, _ = engine(venv, rc=1, out="", err=traceback)
+    eng = engine(venv, rc=1, out="", err=traceback)
     with pytest.raises(EngineError) as failure:
         eng.get("vm1")
     assert str(failure.value) == (f"the Ferry engine on this host does not work ({venv}/bin/ferry exited 1: "
@@ -81,7 +81,7 @@ def test_a_broken_engine_is_one_line_naming_the_role(venv):
 
 @pytest.mark.parametrize("out", ["", "not json", "{\"cut\": "])
 def test_output_that_is_not_one_json_document_is_one_line(venv, out):
-    eng, _ = engine(venv, rc=0, out=out)
+    eng = engine(venv, rc=0, out=out)
     with pytest.raises(EngineError) as failure:
         eng.get("vm1")
     assert "\n" not in str(failure.value) and "no JSON on its output" in str(failure.value)
@@ -89,7 +89,7 @@ def test_output_that_is_not_one_json_document_is_one_line(venv, out):
 
 @pytest.mark.parametrize("err", ["", "\n\n", "x" * 100000, '{"kind": "busy"}', "[1, 2]"])
 def test_any_stderr_is_one_bounded_line(venv, err):
-    eng, _ = engine(venv, rc=2, out="", err=err)
+    eng = engine(venv, rc=2, out="", err=err)
     with pytest.raises(EngineError) as failure:
         eng.stop("vm1", 30)
     message = str(failure.value)
@@ -97,20 +97,22 @@ def test_any_stderr_is_one_bounded_line(venv, err):
 
 
 def test_the_command_line_is_a_list_with_the_name_after_double_dash(venv):
-    eng, runner = engine(venv)
+    eng = engine(venv)
+    runner = eng.module
     eng.state_dir = "/srv/ferry state"
     eng.stop("-rf", 7)
     eng.undefine("vm1")
-    (stop, data), (undefine, _) = runner.ran
+    (stop, data), (undefine, no_data) = runner.ran
     command = os.path.join(venv, "bin", "ferry")
     assert stop == [command, "--json", "stop", "--timeout", "7", "--force", "--state-dir", "/srv/ferry state",
                     "--", "-rf"] and data is None
-    assert undefine[:4] == [command, "--json", "undefine", "--with-snapshots"]
+    assert undefine[:4] == [command, "--json", "undefine", "--with-snapshots"] and no_data is None
 
 
 @pytest.mark.parametrize("field", ["name", "state_dir"])
 def test_a_nul_character_is_refused_before_running_anything(venv, field):
-    eng, runner = engine(venv)
+    eng = engine(venv)
+    runner = eng.module
     name = "vm\0" if field == "name" else "vm1"
     if field == "state_dir":
         eng.state_dir = "/srv\0/x"
@@ -120,7 +122,8 @@ def test_a_nul_character_is_refused_before_running_anything(venv, field):
 
 
 def test_a_definition_is_passed_as_json_on_stdin(venv):
-    eng, runner = engine(venv, out=json.dumps({"name": "vm1"}))
+    eng = engine(venv, out=json.dumps({"name": "vm1"}))
+    runner = eng.module
     values = {"name": "vm1", "cmdline": "$(reboot) `id` ; | & \"'"}
     eng.validate(values)
     eng.define(values)
@@ -130,7 +133,7 @@ def test_a_definition_is_passed_as_json_on_stdin(venv):
 
 
 def plugin_sources():
-    for folder, _, files in os.walk(os.path.join(ROOT, "plugins")):
+    for folder, dummy, files in os.walk(os.path.join(ROOT, "plugins")):
         for name in files:
             if name.endswith(".py"):
                 yield os.path.join(folder, name)
