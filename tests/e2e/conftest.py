@@ -65,7 +65,7 @@ def fresh_check_run(ansible):
     run = ansible.site("--check", "--diff")
     left = {host["name"]: ansible.lab.exec(host["name"], ["find", *ENGINE_PATHS, "-mindepth", "1"],
                                            capture_output=True, text=True, timeout=30).stdout.split()
-            for host in ansible.lab.hosts()}
+            for host in ansible.lab.hosts}
     return run, left
 
 

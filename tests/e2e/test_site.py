@@ -28,7 +28,8 @@ def test_check_mode_on_new_hosts_predicts_and_installs_nothing(fresh_check_run):
     # Each host's VM task predicts the new VM, says why it could not ask the engine, and diffs it.
     warning = ("the Ferry engine is not installed here yet; assuming the ferry.hypervisor.engine role "
                "installs it")
-    if " ".join(run.output.split()).count(warning) + " ".join(run.errors.split()).count(warning) < len(HOSTS):
+    # (Ansible shows a warning repeated by several hosts once.)
+    if warning not in " ".join((run.output + run.errors).split()):
         run.fail("the VM tasks did not warn that the engine is not installed yet")
     for line in ('-    "state": "absent"', '+    "kernel": "builtin:selfcheck",', '+    "state": "running"'):
         if line not in run.output:
