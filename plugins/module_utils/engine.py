@@ -53,6 +53,8 @@ def last_line(text):
 class Engine(object):
     """One host's VMs through ``ferry --json``, run with ``module.run_command``."""
 
+    warning = None  # nothing to warn about: the engine itself answers
+
     def __init__(self, module, state_dir=None, venv=None):
         self.module = module
         self.command = ferry_command(venv)

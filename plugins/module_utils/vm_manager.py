@@ -34,7 +34,7 @@ class VmManager(object):
         self.name = params['name']
         self.check_mode = check_mode
         self.done = []
-        self.warnings = [engine.warning] if getattr(engine, 'warning', None) else []
+        self.warnings = [engine.warning] if engine.warning else []
 
     # --- desired state ---
 
