@@ -19,10 +19,13 @@ options:
   engine_venv:
     description:
       - The virtual environment the P(ferry.hypervisor.engine#role) role installed the engine into.
-      - Used only when the Python running the module cannot import the engine by itself.
+      - Modules run the engine's command, C(<engine_venv>/bin/ferry --json), and nothing else of
+        it; the Python running the module never imports the engine.
     type: path
     default: /opt/ferry/venv
 requirements:
-  - The Ferry engine on the managed host, installed by the P(ferry.hypervisor.engine#role) role.
-  - Python 3.11 or newer on the managed host.
+  - The Ferry engine on the managed host, installed by the P(ferry.hypervisor.engine#role) role
+    (its own virtual environment, Python 3.11 or newer).
+  - Any Python that ansible-core supports on the managed host; it need not be the engine's
+    Python version.
 '''

@@ -4,138 +4,140 @@
 
 """The Ferry engine as seen from a module running on the managed host.
 
-Modules run under the host's ``ansible_python_interpreter``, which is usually
-not the engine's virtual environment, so the engine is looked for there too.
-Every engine failure reaches modules as one ``EngineError`` with the engine's
-one-line message.
+Modules talk to the engine only through its command, ``<engine_venv>/bin/ferry --json``,
+the engine's documented interface: nothing of the engine is imported into the Python
+that runs the module, which may well be another Python version than the engine's own.
+Every engine failure reaches modules as one ``EngineError`` with the engine's one-line
+message and the ``kind`` the engine gave it.
 """
 
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-import glob
+import json
 import os
-import site
-import sys
 
 DEFAULT_VENV = '/opt/ferry/venv'
-ENGINE_MISSING = ('the Ferry engine is not installed on this host ({where}): '
-                  'run the ferry.hypervisor.engine role')
-ENGINE_BROKEN = ('the Ferry engine on this host cannot be imported ({error}): '
-                 'run the ferry.hypervisor.engine role to reinstall it')
+ENGINE_ROLE = 'ferry.hypervisor.engine'
+ENGINE_MISSING = ('the Ferry engine is not installed on this host (no {command}): '
+                  'run the ' + ENGINE_ROLE + ' role')
+ENGINE_BROKEN = ('the Ferry engine on this host does not work ({command} exited {rc}: {detail}): '
+                 'run the ' + ENGINE_ROLE + ' role to reinstall it')
+NOT_INSTALLED_YET = ('the Ferry engine is not installed here yet; assuming the ' + ENGINE_ROLE +
+                     ' role installs it (the VM definition was not checked by the engine)')
+# What the engine's --json errors say went wrong (see its README).
+NOT_FOUND = 'not-found'
 
 
 class EngineError(Exception):
     """A failure explained in one line: the engine's message, or a refusal naming the parameter."""
 
-
-class EngineApi(object):
-    """The parts of the ``ferry`` package modules use."""
-
-    def __init__(self, host_class, error_class, validate, seconds):
-        self.Host = host_class
-        self.Error = error_class
-        self.validate = validate
-        self.seconds = seconds
+    def __init__(self, message, kind='error'):
+        super(EngineError, self).__init__(message)
+        self.kind = kind
 
 
-def _venv_site_packages(venv):
-    version = 'python%d.%d' % sys.version_info[:2]
-    return [path for path in glob.glob(os.path.join(venv, 'lib', 'python*', 'site-packages'))
-            if os.path.basename(os.path.dirname(path)) == version]
+class EngineMissing(EngineError):
+    """No engine command where the engine role puts it."""
 
 
-def _import_api():
-    from ferry.errors import FerryError
-    from ferry.inputs import seconds
-    from ferry.store.definition import validate
-    from ferry.host.api import Host
-    return EngineApi(Host, FerryError, validate, seconds)
+def ferry_command(venv=None):
+    return os.path.join(venv or DEFAULT_VENV, 'bin', 'ferry')
 
 
-def _use_site_packages(paths):
-    for path in paths:
-        site.addsitedir(path)
-    # The engine starts each VM under its venv's interpreter when it has one, else as
-    # "sys.executable -m ferry.vmprocess.main": that one must find the engine as this one now does.
-    inherited = os.environ.get('PYTHONPATH')
-    os.environ['PYTHONPATH'] = os.pathsep.join(paths + ([inherited] if inherited else []))
-
-
-def _try_import():
-    """The API, or None when there is no ``ferry`` package to import."""
-    try:
-        return _import_api()
-    except ImportError as err:
-        if isinstance(err, ModuleNotFoundError) and err.name == 'ferry':
-            return None
-        # The engine is there but one of its own imports fails.
-        raise EngineError(ENGINE_BROKEN.format(error=err))
-
-
-def load_api(venv=None):
-    """Import the engine: from this Python, else from the engine's virtual environment."""
-    api = _try_import()
-    if api is not None:
-        return api
-    venv = venv or DEFAULT_VENV
-    paths = _venv_site_packages(venv)
-    if paths:
-        _use_site_packages(paths)
-        api = _try_import()
-        if api is not None:
-            return api
-    where = 'no module ferry for %s, none in %s' % (sys.executable, venv)
-    raise EngineError(ENGINE_MISSING.format(where=where))
+def last_line(text):
+    lines = [line.strip() for line in (text or '').splitlines() if line.strip()]
+    return lines[-1] if lines else ''
 
 
 class Engine(object):
-    """One host's VMs through the engine's ``Host`` API, failures as ``EngineError``."""
+    """One host's VMs through ``ferry --json``, run with ``module.run_command``."""
 
-    def __init__(self, api, state_dir=None):
-        self.api = api
-        self.host = self._call(api.Host, state_dir)
+    warning = None  # nothing to warn about: the engine itself answers
 
-    @classmethod
-    def open(cls, state_dir=None, venv=None):
-        return cls(load_api(venv), state_dir)
+    def __init__(self, module, state_dir=None, venv=None):
+        self.module = module
+        self.command = ferry_command(venv)
+        self.state_dir = state_dir
+        if not os.access(self.command, os.X_OK):
+            raise EngineMissing(ENGINE_MISSING.format(command=self.command))
 
-    def _call(self, function, *args, **kwargs):
+    def run(self, command, options=(), name=None, data=None):
+        """The one JSON document ``ferry --json command options -- name`` prints, or EngineError."""
+        for field, value in (('name', name), ('state_dir', self.state_dir)):
+            if value is not None and '\0' in value:
+                # No command line can carry it: refused here, as the engine would refuse it.
+                raise EngineError('%s: %r contains a NUL character' % (field, value[:80]))
+        argv = [self.command, '--json', command] + list(options)
+        if self.state_dir:
+            argv += ['--state-dir', self.state_dir]
+        if name is not None:
+            # After "--" a name that looks like an option is still refused as a name.
+            argv += ['--', name]
+        rc, out, err = self.module.run_command(argv, data=data)
+        if rc != 0:
+            raise self.failure(rc, err)
         try:
-            return function(*args, **kwargs)
-        except (self.api.Error, OSError) as err:
-            raise EngineError(str(err))
+            return json.loads(out)
+        except ValueError:
+            raise EngineError(ENGINE_BROKEN.format(command=self.command, rc=rc,
+                                                   detail='no JSON on its output: %r' % last_line(out)[:80]))
+
+    def failure(self, rc, err):
+        """The engine's own error (its last stderr line is one JSON object), else what it printed."""
+        try:
+            report = json.loads(last_line(err))
+            return EngineError(str(report['error']), str(report.get('kind', 'error')))
+        except (ValueError, KeyError, TypeError):
+            # Not the engine speaking: a broken install (a traceback) or a command line it refused.
+            detail = last_line(err)[:200] or 'no message'
+            return EngineError(ENGINE_BROKEN.format(command=self.command, rc=rc, detail=detail))
 
     def validate(self, values):
-        """The definition the engine would store for ``values`` (a dict), or EngineError."""
-        return self._call(self.api.validate, values).to_dict()
-
-    def check_seconds(self, value, field):
-        """A duration option, checked by the engine's own rule (so check mode refuses it too)."""
-        return self._call(self.api.seconds, value, field, zero=True)
+        """The definition the engine would store for ``values`` (a dict), writing nothing."""
+        return self.run('define', ['--check', '-'], data=json.dumps(values))
 
     def get(self, name):
-        return self._call(self.host.get, name)
+        """The VM as ``ferry status`` describes it, or None when it is not defined."""
+        try:
+            return self.run('status', name=name)
+        except EngineError as err:
+            if err.kind == NOT_FOUND:
+                return None
+            raise
 
     def define(self, values):
-        return self._call(self.host.define, values, replace=True)
+        return self.run('define', ['--replace', '-'], data=json.dumps(values))
 
     def start(self, name):
-        return self._call(self.host.start, name)
+        return self.run('start', name=name)
 
     def stop(self, name, timeout):
         # stop_timeout is documented as "then power off": the module always forces.
-        return self._call(self.host.stop, name, timeout, force=True)
+        return self.run('stop', ['--timeout', str(timeout), '--force'], name=name)
 
     def poweroff(self, name, timeout):
-        return self._call(self.host.poweroff, name, timeout)
+        return self.run('poweroff', ['--timeout', str(timeout)], name=name)
 
     def pause(self, name):
-        return self._call(self.host.pause, name)
+        return self.run('pause', name=name)
 
     def resume(self, name):
-        return self._call(self.host.resume, name)
+        return self.run('resume', name=name)
 
     def undefine(self, name):
         # state=absent is documented to remove the VM's folder, snapshots included.
-        return self._call(self.host.undefine, name, with_snapshots=True)
+        return self.run('undefine', ['--with-snapshots'], name=name)
+
+
+class NotInstalledYet(object):
+    """Stands in for the engine in check mode on a host the engine role has not reached yet:
+    no VM is defined there, and a definition is taken as given (the engine cannot check it)."""
+
+    warning = NOT_INSTALLED_YET
+
+    def validate(self, values):
+        return dict(values, initrd=values.get('initrd'), cmdline=values.get('cmdline') or '')
+
+    def get(self, name):
+        return None

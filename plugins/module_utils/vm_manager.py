@@ -15,7 +15,8 @@ __metaclass__ = type
 
 from collections import namedtuple
 
-from ansible_collections.ferry.hypervisor.plugins.module_utils.engine import Engine, EngineError
+from ansible_collections.ferry.hypervisor.plugins.module_utils.engine import (
+    Engine, EngineError, EngineMissing, NotInstalledYet)
 
 DEFINITION_KEYS = ('name', 'vcpus', 'memory', 'kernel', 'initrd', 'cmdline')
 REQUIRED_TO_CREATE = ('vcpus', 'memory', 'kernel')
@@ -33,7 +34,7 @@ class VmManager(object):
         self.name = params['name']
         self.check_mode = check_mode
         self.done = []
-        self.warnings = []
+        self.warnings = [engine.warning] if engine.warning else []
 
     # --- desired state ---
 
@@ -110,7 +111,7 @@ class VmManager(object):
     # --- apply ---
 
     def apply(self):
-        self.engine.check_seconds(self.params['stop_timeout'], 'stop_timeout')
+        check_stop_timeout(self.params['stop_timeout'])
         current = self.engine.get(self.name)
         desired = self.desired_definition(current)
         steps = self.plan(current, desired)
@@ -127,6 +128,12 @@ class VmManager(object):
             'diff': {'before': facts(current, self.name), 'after': facts(after, self.name)},
             'warnings': self.warnings,
         }
+
+
+def check_stop_timeout(value):
+    """Refused before anything is asked of the engine, so check mode refuses it too."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float('inf'):
+        raise EngineError('stop_timeout: %r is not allowed, expected a number of seconds, 0 or more' % (value,))
 
 
 def definition_of(vm):
@@ -153,16 +160,29 @@ def predict(current, desired, target):
         state = target
     vm = dict(current or {}, **desired)
     vm['state'] = state
+    if state != 'crashed':
+        # Only a crashed VM says why it stopped; a new VM has the keys a real run returns.
+        vm['error'] = None
     if state not in ACTIVE:
         vm['pid'] = None
     return vm
+
+
+def open_engine(module):
+    """The host's engine; in check mode on a host without one yet, a stand-in that predicts."""
+    try:
+        return Engine(module, module.params['state_dir'], module.params['engine_venv'])
+    except EngineMissing:
+        if module.check_mode:
+            return NotInstalledYet()
+        raise
 
 
 def run(module):
     """Bring the VM to ``module.params``; every failure becomes one fail_json message."""
     manager = None
     try:
-        engine = Engine.open(module.params['state_dir'], module.params['engine_venv'])
+        engine = open_engine(module)
         manager = VmManager(engine, module.params, module.check_mode)
         result = manager.apply()
     except EngineError as err:

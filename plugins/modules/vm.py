@@ -75,7 +75,12 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    description: Predicts C(changed), the diff and the resulting VM without changing anything.
+    description:
+      - Predicts C(changed), the diff and the resulting VM without changing anything.
+      - On a host the P(ferry.hypervisor.engine#role) role has not installed the engine on yet
+        (the first check run of a new host), the VM is predicted as new, with a warning, and its
+        definition is not checked by the engine. Outside check mode such a host fails the task
+        with a message naming the role.
   diff_mode:
     support: full
     description: Shows the definition and run state before and after.
@@ -89,6 +94,8 @@ notes:
     first. Other definition changes to a running VM are stored and take effect at its next
     start; the module warns about them.
   - Started VMs run in their own process, detached from the SSH session that started them.
+  - The module runs the engine's command, C(ferry --json), with the definition on its standard
+    input; engine errors are reported with the engine's one-line message.
 '''
 
 EXAMPLES = r'''

@@ -54,8 +54,23 @@ def ansible(lab):
     return Ansible(lab, os.path.dirname(lab.dir))
 
 
+# Where the engine role installs and keeps things; each an empty bind mount on a new lab host.
+ENGINE_PATHS = ("/opt/ferry", "/var/lib/ferry")
+
+
 @pytest.fixture(scope="session")
-def first_site_run(ansible):
+def fresh_check_run(ansible):
+    """site.yml --check --diff on the new lab, before the engine is installed (as the first check
+    run of new hosts), and what it left in the engine's folders of each host (nothing, it must)."""
+    run = ansible.site("--check", "--diff")
+    left = {host["name"]: ansible.lab.exec(host["name"], ["find", *ENGINE_PATHS, "-mindepth", "1"],
+                                           capture_output=True, text=True, timeout=30).stdout.split()
+            for host in ansible.lab.hosts}
+    return run, left
+
+
+@pytest.fixture(scope="session")
+def first_site_run(ansible, fresh_check_run):
     """site.yml on the new lab: installs the engine that every other e2e test uses."""
     return ansible.site()
 

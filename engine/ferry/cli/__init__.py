@@ -71,9 +71,11 @@ def emit(args: argparse.Namespace, result) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # --json is accepted anywhere on the line, as people type it.
-    want_json = "--json" in argv
-    argv = [a for a in argv if a != "--json"]
+    # --json is accepted anywhere on the line, as people type it, but not after "--":
+    # what follows is a name, refused as one.
+    end = argv.index("--") if "--" in argv else len(argv)
+    want_json = "--json" in argv[:end]
+    argv = [a for a in argv[:end] if a != "--json"] + argv[end:]
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command).parse_args(argv)
     args.json = want_json

@@ -51,7 +51,11 @@ def _uptime(started_at) -> str:
 
 
 def cmd_define(args):
-    return _host(args).define(defn.load_file(args.file).to_dict(), replace=args.replace)
+    definition = defn.load_file(args.file)
+    if args.check:
+        # Only the definition's own rules: whether it fits the VM as it is now is for the caller.
+        return definition.to_dict()
+    return _host(args).define(definition.to_dict(), replace=args.replace)
 
 
 def cmd_start(args):
@@ -63,7 +67,7 @@ def cmd_stop(args):
 
 
 def cmd_poweroff(args):
-    return _host(args).poweroff(args.name)
+    return _host(args).poweroff(args.name, timeout=args.timeout)
 
 
 def cmd_pause(args):
@@ -223,8 +227,10 @@ def register(sub, common) -> None:
         return parser
 
     define = command("define", cmd_define, "define a VM from a YAML file", with_name=False)
-    define.add_argument("file")
+    define.add_argument("file", help="the definition (YAML or JSON); - reads it from standard input")
     define.add_argument("--replace", action="store_true", help="replace an existing definition")
+    define.add_argument("--check", action="store_true",
+                        help="only validate it: print the definition as it would be stored, write nothing")
     start = command("start", cmd_start, "start a VM and wait until it runs")
     start.add_argument("--timeout", type=float, default=START_TIMEOUT, metavar="S",
                        help=f"give up after S seconds (default {START_TIMEOUT:.0f})")
@@ -234,7 +240,9 @@ def register(sub, common) -> None:
     stop.add_argument("--timeout", type=float, default=STOP_TIMEOUT, metavar="S",
                       help=f"how long the guest may take, in seconds (default {STOP_TIMEOUT:.0f})")
     stop.add_argument("--force", action="store_true", help="power it off if it is still up after --timeout")
-    command("poweroff", cmd_poweroff, "power a VM off at once")
+    poweroff = command("poweroff", cmd_poweroff, "power a VM off at once")
+    poweroff.add_argument("--timeout", type=float, default=STOP_TIMEOUT, metavar="S",
+                          help=f"how long its process may take to end, in seconds (default {STOP_TIMEOUT:.0f})")
     command("pause", cmd_pause, "pause a VM's vCPUs")
     command("resume", cmd_resume, "resume a paused VM")
     command("status", cmd_status, "show a VM's definition and state")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ BUILTIN_PREFIX = "builtin:"
 MAX_MEMORY_MIB = 1024 * 1024
 MAX_CMDLINE = 4095
 MAX_FILE = 64 * 1024  # a definition is a few lines; anything bigger is not one
+STDIN = "stdin"  # how messages name a definition read from standard input
 KEYS = ("name", "vcpus", "memory", "kernel", "initrd", "cmdline")
 
 
@@ -116,13 +118,21 @@ def read_text(path: Path) -> str:
     with os.fdopen(fd, "rb") as handle:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise DefinitionError(f"cannot read definition {path}: not a regular file")
-        data = handle.read(MAX_FILE + 1)
+        return _decoded(handle.read(MAX_FILE + 1), path)
+
+
+def read_stdin() -> str:
+    """A definition piped in (``ferry define -``), held to the same size as a file."""
+    return _decoded(sys.stdin.buffer.read(MAX_FILE + 1), STDIN)
+
+
+def _decoded(data: bytes, source) -> str:
     if len(data) > MAX_FILE:
-        raise DefinitionError(f"{path}: larger than {MAX_FILE // 1024} KiB, not a VM definition")
+        raise DefinitionError(f"{source}: larger than {MAX_FILE // 1024} KiB, not a VM definition")
     try:
         return data.decode()
     except UnicodeDecodeError:
-        raise DefinitionError(f"{path}: not UTF-8 text") from None
+        raise DefinitionError(f"{source}: not UTF-8 text") from None
 
 
 def _yaml_problem(err) -> str:
@@ -132,10 +142,14 @@ def _yaml_problem(err) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
-def load_file(path: Path) -> Definition:
+def load_file(path: Path | str) -> Definition:
+    """The definition in the file at ``path``, or on standard input for ``-`` (YAML, so JSON too)."""
     import yaml  # here: commands that read no definition skip its import
 
-    text = read_text(path)
+    if str(path) == "-":
+        path, text = STDIN, read_stdin()
+    else:
+        text = read_text(path)
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as err:
