@@ -15,16 +15,13 @@ from __future__ import annotations
 from . import chunks
 
 
-def chunk_digests(size: int, read, with_data=None, pool=None) -> list[str]:
+def chunk_digests(size: int, read, with_data=None) -> list[str]:
     """One xxh3 per chunk; ``read(offset, length)`` gives a buffer; chunks outside
-    ``with_data`` (when given) are holes and known to be zero. With ``pool`` (an
-    executor) chunks are hashed on its threads: xxhash lets go of the GIL while it
-    hashes a buffer this large, so they run at once."""
+    ``with_data`` (when given) are holes and known to be zero."""
     indices = range(chunks.count(size)) if with_data is None else sorted(with_data)
     digests = [chunks.ZERO_CHUNK_DIGEST] * chunks.count(size)
-    each = map if pool is None else pool.map
-    for index, value in zip(indices, each(lambda i: chunks.digest(read(*chunks.span(i, size))), indices)):
-        digests[index] = value
+    for index in indices:
+        digests[index] = chunks.digest(read(*chunks.span(index, size)))
     return digests
 
 

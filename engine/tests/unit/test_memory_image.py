@@ -4,7 +4,6 @@ restore read. Properties cover every byte of a range, image round trips, and a b
 flipped anywhere being named in its own chunk."""
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -118,8 +117,6 @@ def test_digests_skip_holes_without_changing_the_list(writes):
     read = lambda start, length: data[start:start + length]  # noqa: E731
     written = {index for index in range(chunks.count(SIZE)) if _written(data, index)}
     assert chunk_digests(SIZE, read, written) == chunk_digests(SIZE, read)
-    with ThreadPoolExecutor(2) as pool:
-        assert chunk_digests(SIZE, read, written, pool) == chunk_digests(SIZE, read)
 
 
 @PROPERTY
