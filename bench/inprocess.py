@@ -18,9 +18,8 @@ from ferry.kvm import abi
 from ferry.machine.vcpu import install_kick_handler as _install_kick_handler
 from ferry.machine.vm import Machine, MachineSpec
 from ferry.control import protocol as control
-from ferry.store import definition, snapshots
+from ferry.store import snapshots
 from ferry.vmprocess.process import spec_of
-from ferry.snapshot import format as fmt
 from ferry.snapshot import restore
 
 
@@ -61,36 +60,17 @@ def exits(machine) -> int:
 
 # --- bench/snapshot.py: restore and verify ---
 
-def _checked_reader():
-    """The engine's checked snapshot reader, or None on an engine from before it.
-
-    Main is moving snapshot reading to one checked reader (``ferry.snapshot.reader``,
-    reached through ``ferry.store.snapshots.load``), and ``restore.build`` takes what
-    it returns. Both shapes are served here so the benchmark runs on either side of that
-    change; the older branch can go once every engine has the reader.
-    """
-    return getattr(snapshots, "load", None)
-
-
 def restore_machine(folder: Path, console, lazy: bool):
     """A paused machine built from the snapshot in ``folder``, as the VM process builds it
     for ``ferry restore`` once the command has verified the memory (so no digests here)."""
-    load = _checked_reader()
-    if load is not None:
-        snapshot = load(folder, verify_memory=False)
-        return restore.build(snapshot, console, spec_of(snapshot.definition), lazy=lazy)
-    spec = spec_of(definition.validate(fmt.read_manifest(folder)["definition"]))
-    machine, _ = restore.build(folder, console, spec, lazy=lazy, verify_memory=False)
-    return machine
+    snapshot = snapshots.load(folder, verify_memory=False)
+    return restore.build(snapshot, console, spec_of(snapshot.definition), lazy=lazy)
 
 
 def verify_snapshot(folder: Path) -> None:
-    """Every checksum of the snapshot, as ``ferry snapshot verify`` checks them."""
-    load = _checked_reader()
-    if load is not None:
-        load(folder, verify_memory=True)
-        return
-    fmt.verify(folder)
+    """Every checksum of the snapshot, as ``ferry snapshot verify`` and ``ferry restore``
+    check them (the reader, and the memory image's digests behind it)."""
+    snapshots.load(folder, verify_memory=True)
 
 
 def stamp_first_run(machine, stamps: list) -> None:

@@ -14,3 +14,9 @@ def sync_directory(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def open_private(path: Path, mode: str = "wb"):
+    """A new file only its owner can read (a snapshot's files hold all of a guest's memory
+    and state); refused if the name exists, even as a link."""
+    return open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), mode)

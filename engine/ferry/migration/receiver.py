@@ -16,8 +16,8 @@ import time
 
 from ..errors import FerryError
 from ..machine.state import Section
-from ..snapshot import format as fmt
-from ..snapshot.digests import ChunkDigests
+from ..memory import chunks as fmt
+from ..memory.digests import ChunkDigests
 from .gate import Gate, tell_refusal
 from .interfaces import Target
 from .protocol import Kind, ProtocolError

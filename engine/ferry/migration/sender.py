@@ -15,9 +15,9 @@ from typing import Callable
 
 from .. import __version__
 from ..errors import FerryError
-from ..snapshot import format as fmt
+from ..memory import chunks as fmt
 from . import protocol
-from ..snapshot.digests import ChunkDigests
+from ..memory.digests import ChunkDigests
 from .interfaces import LiveSource, Source
 from .protocol import Kind, PeerFailed, ProtocolError
 from .transport import Channel, LinkError

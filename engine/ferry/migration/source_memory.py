@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from ..snapshot import format as fmt
+from ..memory.chunks import data_ranges
 
 
 class SourceMemory:
@@ -27,7 +27,7 @@ class SourceMemory:
 
     def used_ranges(self) -> list[tuple[int, int]]:
         if self.fd is not None:
-            return list(fmt.data_ranges(self.fd, self.size))
+            return list(data_ranges(self.fd, self.size))
         return [(0, self.size)]
 
     def close(self) -> None:

@@ -21,35 +21,26 @@ import json
 import os
 from pathlib import Path
 
-import xxhash
-
 from ..errors import FerryError
+from ..files import open_private
 from ..machine.state import Section
+from ..memory.chunks import digest
+from ..memory.image import ZSTD_SUFFIX
 
 MAGIC = "ferry-snapshot"
 FORMAT_VERSION = 1
 CHECKSUM = "xxh3-64"
-CHUNK_SIZE = 2 * 1024 * 1024
 MANIFEST, STATE, MEMORY = "manifest.json", "state.bin", "memory.raw"
-ZERO_CHUNK_DIGEST = xxhash.xxh3_64_hexdigest(bytes(CHUNK_SIZE))
+MEMORY_ZSTD = MEMORY + ZSTD_SUFFIX
 
 
 class SnapshotError(FerryError):
     pass
 
 
-def digest(data) -> str:
-    return xxhash.xxh3_64_hexdigest(data)
-
-
 def _manifest_digest(manifest: dict) -> str:
     body = {k: v for k, v in manifest.items() if k != "manifest_checksum"}
     return digest(json.dumps(body, sort_keys=True).encode())
-
-
-def open_private(path: Path, mode: str = "wb"):
-    """A new file only its owner can read: a snapshot holds all of the guest's memory and state."""
-    return open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), mode)
 
 
 def write_state(folder: Path, sections: list[Section]) -> list[dict]:
@@ -73,35 +64,3 @@ def write_manifest(folder: Path, manifest: dict) -> dict:
         handle.flush()
         os.fsync(handle.fileno())
     return manifest
-
-
-def data_ranges(fd: int, size: int):
-    """(start, end) of the ranges of ``fd`` that hold data; holes read as zero."""
-    position = 0
-    while position < size:
-        try:
-            start = os.lseek(fd, position, os.SEEK_DATA)
-        except OSError:
-            return
-        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-        yield start, end
-        position = end
-
-
-def chunks_with_data(fd: int, size: int) -> set[int]:
-    indices = set()
-    for start, end in data_ranges(fd, size):
-        indices.update(range(start // CHUNK_SIZE, (end - 1) // CHUNK_SIZE + 1))
-    return indices
-
-
-def chunk_digests(size: int, read, with_data=None) -> list[str]:
-    """One xxh3 per chunk; ``read(offset, length)`` gives bytes; chunks outside
-    ``with_data`` (when given) are holes and known to be zero."""
-    count = (size + CHUNK_SIZE - 1) // CHUNK_SIZE
-    indices = range(count) if with_data is None else sorted(with_data)
-    digests = [ZERO_CHUNK_DIGEST] * count
-    for index in indices:
-        start = index * CHUNK_SIZE
-        digests[index] = digest(read(start, min(CHUNK_SIZE, size - start)))
-    return digests

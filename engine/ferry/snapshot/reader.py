@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import math
-import mmap
 import os
 import re
 import stat
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,9 +23,10 @@ from typing import Callable
 from ..errors import FerryError
 from ..machine import state
 from ..machine.vm import DEVICE_STATES
-from . import compress
+from ..memory.chunks import CHUNK_SIZE, digest
+from ..memory.image import MemoryImage, MemoryImageError
 from . import format as fmt
-from .format import CHUNK_SIZE, MANIFEST, MEMORY, STATE, SnapshotError
+from .format import MANIFEST, MEMORY, MEMORY_ZSTD, STATE, SnapshotError
 
 MAX_MANIFEST = 16 * 2**20  # a 1 TiB guest's chunk list is about 12 MiB
 MAX_STATE = 64 * 2**20
@@ -33,7 +34,7 @@ MAX_MEMORY = 2**40
 MAX_DEPTH = 4  # manifest > memory > chunks > digest: the deepest the format goes
 MAX_TEXT = 256
 MAX_LIST = 1024
-MEMORY_FILES = {None: MEMORY, "zstd": compress.NAME}
+MEMORY_FILES = {None: MEMORY, "zstd": MEMORY_ZSTD}
 HEX_DIGEST = re.compile(r"^[0-9a-f]{16}$")
 TOP_KEYS = ("magic", "format_version", "checksum", "manifest_checksum", "engine_version", "id", "created",
             "origin", "tags", "definition", "sections", "memory")
@@ -366,7 +367,7 @@ def read_sections(data: bytes, entries: list[dict]) -> dict[str, state.Section]:
     sections = {}
     for entry in entries:
         name, raw = entry["name"], data[entry["offset"]:entry["offset"] + entry["length"]]
-        if fmt.digest(raw) != entry["checksum"]:
+        if digest(raw) != entry["checksum"]:
             raise SnapshotError(f"section {name}: checksum mismatch in {STATE}")
         section = state.Section(name, entry["version"], raw)
         try:
@@ -383,34 +384,20 @@ def read_sections(data: bytes, entries: list[dict]) -> dict[str, state.Section]:
 
 # --- the whole snapshot ---
 
-def _memory_digests(fd: int, size: int) -> list[str]:
-    with_data = fmt.chunks_with_data(fd, size)
-    if not with_data:
-        return fmt.chunk_digests(size, None, with_data)
-    with mmap.mmap(fd, size, prot=mmap.PROT_READ) as view:
-        return fmt.chunk_digests(size, lambda start, length: view[start:start + length], with_data)
+@contextmanager
+def _memory_checks():
+    """The memory image's refusals are this reader's: one kind of error for a bad snapshot."""
+    try:
+        yield
+    except MemoryImageError as err:
+        raise SnapshotError(str(err)) from None
 
 
-def open_memory(folder_fd: int, name: str, size: int, compressed: bool) -> int:
-    """The memory file, open and checked: a raw image must be exactly the guest's size
-    (a shorter one would fault the guest when it touches the missing pages)."""
-    fd, actual = open_part(folder_fd, name)
-    if not compressed and actual != size:
-        os.close(fd)
-        raise SnapshotError(f"{name}: {actual} bytes, expected {size} (truncated?)")
-    return fd
-
-
-def _verify_memory(fd: int, snapshot: Snapshot) -> None:
-    if snapshot.compressed:
-        found = compress.digests(fd, snapshot.memory_size)
-    else:
-        found = _memory_digests(fd, snapshot.memory_size)
-    for index, (want, got) in enumerate(zip(snapshot.manifest["memory"]["chunks"], found, strict=True)):
-        if want != got:
-            start = index * CHUNK_SIZE
-            raise SnapshotError(f"{snapshot.memory_file}: chunk {index} (guest bytes {start:#x}-"
-                                f"{start + CHUNK_SIZE - 1:#x}) checksum mismatch")
+def open_memory(folder_fd: int, name: str, size: int, compressed: bool) -> MemoryImage:
+    """The memory image, open and checked (a raw one must be exactly the guest's size)."""
+    fd, _ = open_part(folder_fd, name)
+    with _memory_checks():
+        return MemoryImage(fd, name, size, compressed)
 
 
 def load(folder: Path, check: DefinitionCheck, verify_memory: bool = True) -> Snapshot:
@@ -422,19 +409,17 @@ def load(folder: Path, check: DefinitionCheck, verify_memory: bool = True) -> Sn
         state_data = read_part(folder_fd, STATE, MAX_STATE)
         definition = check_manifest(manifest, len(state_data), check)
         snapshot = Snapshot(folder, manifest, definition, read_sections(state_data, manifest["sections"]))
-        fd = open_memory(folder_fd, snapshot.memory_file, snapshot.memory_size, snapshot.compressed)
-        try:
+        with open_memory(folder_fd, snapshot.memory_file, snapshot.memory_size, snapshot.compressed) as image:
             if verify_memory:
-                _verify_memory(fd, snapshot)
-        finally:
-            os.close(fd)
+                with _memory_checks():
+                    image.verify(manifest["memory"]["chunks"])
         return snapshot
     finally:
         os.close(folder_fd)
 
 
-def reopen_memory(snapshot: Snapshot) -> int:
-    """The memory file again, for a restore: checked once more, as it may have changed."""
+def reopen_memory(snapshot: Snapshot) -> MemoryImage:
+    """The memory image again, for a restore: checked once more, as it may have changed."""
     folder_fd = open_folder(snapshot.folder)
     try:
         return open_memory(folder_fd, snapshot.memory_file, snapshot.memory_size, snapshot.compressed)

@@ -8,13 +8,11 @@ depends on the file.
 
 from __future__ import annotations
 
-import os
-
 from ..machine import state
 from ..machine.vm import Machine, MachineSpec
 from ..memory import GuestMemory
 from . import format as fmt
-from . import compress, memio, reader
+from . import reader
 
 
 def check_sections(manifest: dict) -> None:
@@ -24,24 +22,16 @@ def check_sections(manifest: dict) -> None:
 
 
 def _memory(snapshot: reader.Snapshot, lazy: bool) -> GuestMemory:
-    size = snapshot.memory_size
-    fd = reader.reopen_memory(snapshot)
-    if lazy and not snapshot.compressed:
+    with reader.reopen_memory(snapshot) as image:
+        if lazy and not snapshot.compressed:
+            return image.map()
+        memory = GuestMemory(snapshot.memory_size)
         try:
-            return GuestMemory(size, fd=fd, private=True)  # the mapping now owns fd
+            image.load_into(memory)
         except BaseException:
-            os.close(fd)
+            memory.close()
             raise
-    try:
-        memory = GuestMemory(size)
-        if snapshot.compressed:
-            compress.load_into(memory.view, fd, size)
-        else:
-            for start, end in fmt.data_ranges(fd, size):
-                memio.copy_into(memory.fd, fd, start, end)
         return memory
-    finally:
-        os.close(fd)
 
 
 def build(snapshot: reader.Snapshot, console, spec: MachineSpec, lazy: bool = True) -> Machine:

@@ -20,10 +20,12 @@ from .. import __version__
 from ..errors import Conflict
 from ..files import sync_directory
 from ..machine import state
+from ..memory import chunks
+from ..memory.digests import ChunkDigests
+from ..memory.dirty import dirty_ranges, set_dirty_logging
+from ..memory.image import compress_file
+from ..memory.transfer import used_ranges, write_range
 from . import format as fmt
-from . import memio
-from .compress import compress_file
-from .digests import ChunkDigests
 
 MAX_ROUNDS = 8
 SMALL_DELTA = 4 * 1024 * 1024  # pause once what is left is this small
@@ -43,25 +45,22 @@ def _copy(machine, out: int, ranges, report: SaveReport, digests: ChunkDigests) 
     """Write ranges chunk by chunk; whole chunks are hashed on the way, as the manifest needs."""
     memory, written = machine.memory, 0
     for start, end in ranges:
-        piece = start
-        while piece < end:
-            length = min(fmt.CHUNK_SIZE - piece % fmt.CHUNK_SIZE, end - piece)
-            if length == fmt.CHUNK_SIZE:
-                digests.known(piece, fmt.digest(memory.read_backing(piece, length)))
+        for piece, length in chunks.pieces(start, end):
+            if length == chunks.CHUNK_SIZE:
+                digests.known(piece, chunks.digest(memory.read_backing(piece, length)))
             else:
                 digests.moved(piece, piece + length)
-            memio.write_range(memory, out, piece, piece + length)
-            piece += length
+            write_range(memory, out, piece, piece + length)
             written += length
     report.bytes_written += written
     return written
 
 
 def _precopy(machine, out: int, report: SaveReport, digests: ChunkDigests) -> None:
-    memio.set_dirty_logging(machine, True)
-    _copy(machine, out, memio.used_ranges(machine.memory), report, digests)
+    set_dirty_logging(machine, True)
+    _copy(machine, out, used_ranges(machine.memory), report, digests)
     for _ in range(MAX_ROUNDS):
-        written = _copy(machine, out, memio.dirty_ranges(machine), report, digests)
+        written = _copy(machine, out, dirty_ranges(machine), report, digests)
         digests.refresh()
         report.rounds.append(written)
         if written <= SMALL_DELTA:
@@ -77,7 +76,7 @@ def write_memory(machine, out: int, live: bool, report: SaveReport,
         started = time.perf_counter()
         machine.pause()
         try:
-            ranges = memio.dirty_ranges(machine) if live else memio.used_ranges(machine.memory)
+            ranges = dirty_ranges(machine) if live else used_ranges(machine.memory)
             _copy(machine, out, ranges, report, digests)
             digests.refresh()
             sections = state.capture(machine)
@@ -86,7 +85,7 @@ def write_memory(machine, out: int, live: bool, report: SaveReport,
         return sections
     finally:
         if live:
-            memio.set_dirty_logging(machine, False)
+            set_dirty_logging(machine, False)
 
 
 def partial_of(folder: Path) -> Path:
@@ -163,7 +162,7 @@ def _manifest(snapshot_id: str, machine, definition: dict, origin: dict, tags: l
         "tags": sorted(set(tags)),
         "definition": definition,
         "sections": entries,
-        "memory": {"file": fmt.MEMORY, "size": machine.memory.size, "chunk_size": fmt.CHUNK_SIZE,
+        "memory": {"file": fmt.MEMORY, "size": machine.memory.size, "chunk_size": chunks.CHUNK_SIZE,
                    "chunks": digests, "compression": None},
     }
 

@@ -15,7 +15,7 @@ import time
 
 from ..errors import Conflict, FerryError
 from ..machine import state
-from ..snapshot import memio
+from ..memory import dirty
 from ..control import operations as ops
 
 
@@ -55,7 +55,7 @@ class Outgoing:
         self.to = str(request.get("to"))
         self._record(ops.PRECOPY, to=self.to, started_at=time.time())
         if self.live:
-            memio.set_dirty_logging(self.machine, True)
+            dirty.set_dirty_logging(self.machine, True)
         memory = self.machine.memory
         answer = {"size": memory.size, "pid": os.getpid(), "base": memory.base_address,
                   "private": memory.private}
@@ -70,7 +70,7 @@ class Outgoing:
 
     def dirty(self, request: dict, session: dict) -> dict:
         self.owned(session)
-        return {"ranges": memio.dirty_ranges(self.machine)}
+        return {"ranges": dirty.dirty_ranges(self.machine)}
 
     def throttle(self, request: dict, session: dict) -> dict:
         self.owned(session)
@@ -86,7 +86,7 @@ class Outgoing:
         self.machine.set_throttle(0)
         # Not synced: the guest resumes here on any failure, so there is nothing to resolve.
         self._record(ops.STOP_AND_COPY, durable=False)
-        ranges = memio.dirty_ranges(self.machine) if self.live else []
+        ranges = dirty.dirty_ranges(self.machine) if self.live else []
         return {"ranges": ranges}
 
     def sections(self, request: dict, session: dict) -> dict:
@@ -124,7 +124,7 @@ class Outgoing:
         """Back to how it was before the migration: dirty logging off, no throttle, and
         (unless the VM is about to power off) the guest resumed."""
         if self.live:
-            memio.set_dirty_logging(self.machine, False)
+            dirty.set_dirty_logging(self.machine, False)
         self.machine.set_throttle(0)
         if resume:
             self.machine.resume()

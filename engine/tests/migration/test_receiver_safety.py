@@ -17,7 +17,7 @@ from ferry.migration.gate import HANDSHAKE_TIMEOUT
 from ferry.migration.protocol import Kind, PeerFailed
 from ferry.migration.sender import handshake
 from ferry.host.api import Host
-from ferry.snapshot import format as fmt
+from ferry.memory.chunks import digest
 from support.cli import Ferry
 
 pytestmark = pytest.mark.kvm
@@ -306,14 +306,14 @@ def test_a_bad_frame_during_the_transfer_aborts_and_leaves_nothing_staged(ends, 
 def test_state_sections_are_bounded_in_all(ends):
     ends.receive()
     data = bytes(16 << 20)
-    head = json.dumps({"name": "", "checksum": fmt.digest(data)})
+    head = json.dumps({"name": "", "checksum": digest(data)})
     channel = transport.connect(ends.address, link_timeout=5)
     try:
         handshake(channel, ends.token.read_bytes().strip())
         channel.send(Kind.OFFER, {"definition": GOOD, "memory": MEMORY})
         channel.expect(Kind.ACCEPT)
         for index in range(4):
-            channel.send_section(f"s{index}", 1, fmt.digest(data), data)
+            channel.send_section(f"s{index}", 1, digest(data), data)
         channel.conn.sendall(frame(Kind.SECTION, head.encode(), b=len(data)))
         with pytest.raises(PeerFailed, match="state sections: more than 67108864 bytes in all"):
             channel.expect(Kind.PREPARED)

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ferry.memory.chunks import CHUNK_SIZE, ZERO_CHUNK_DIGEST, digest
 from ferry.snapshot import format as fmt
 from ferry.snapshot.reader import MAX_MANIFEST, MAX_STATE
 
-ZST = fmt.MEMORY + ".zst"
+ZST = fmt.MEMORY_ZSTD
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def replace_section(manifest: dict, folder: Path, name: str, data: bytes) -> Non
     parts, offset = [], 0
     for entry in manifest["sections"]:
         raw = data if entry["name"] == name else state[entry["offset"]:entry["offset"] + entry["length"]]
-        entry.update(offset=offset, length=len(raw), checksum=fmt.digest(raw))
+        entry.update(offset=offset, length=len(raw), checksum=digest(raw))
         parts.append(raw)
         offset += len(raw)
     (folder / fmt.STATE).write_bytes(b"".join(parts))
@@ -238,7 +239,7 @@ PLAIN = [
 CRAFTED = [
     # the chunk list and the memory size
     Damage("chunks one short", resign(lambda m, _: m["memory"]["chunks"].pop()), "memory.chunks"),
-    Damage("chunks one more", resign(lambda m, _: m["memory"]["chunks"].append(fmt.ZERO_CHUNK_DIGEST)),
+    Damage("chunks one more", resign(lambda m, _: m["memory"]["chunks"].append(ZERO_CHUNK_DIGEST)),
            "memory.chunks"),
     Damage("chunks empty", _memory(chunks=[]), "memory.chunks"),
     Damage("chunks not a list", _memory(chunks="0" * 16), "memory.chunks"),
@@ -248,12 +249,12 @@ CRAFTED = [
     Damage("chunks shifted", resign(_shift_chunks), "memory.raw: chunk", digest_only=True),
     Damage("size half with chunks", resign(_size_half), "memory.size"),
     Damage("size and definition half", resign(_size_and_definition_half), "memory.raw"),
-    Damage("size smaller", resign(lambda m, _: m["memory"].update(size=m["memory"]["size"] - fmt.CHUNK_SIZE)),
+    Damage("size smaller", resign(lambda m, _: m["memory"].update(size=m["memory"]["size"] - CHUNK_SIZE)),
            "memory.chunks"),
-    Damage("size larger", resign(lambda m, _: m["memory"].update(size=m["memory"]["size"] + fmt.CHUNK_SIZE)),
+    Damage("size larger", resign(lambda m, _: m["memory"].update(size=m["memory"]["size"] + CHUNK_SIZE)),
            "memory.chunks"),
     Damage("size zero", _memory(size=0), "memory.size"),
-    Damage("size negative", _memory(size=-fmt.CHUNK_SIZE), "memory.size"),
+    Damage("size negative", _memory(size=-CHUNK_SIZE), "memory.size"),
     Damage("size text", _memory(size="33554432"), "memory.size"),
     Damage("size float", _memory(size=33554432.0), "memory.size"),
     Damage("size true", _memory(size=True), "memory.size"),

@@ -53,6 +53,13 @@ def test_no_module_imports_a_higher_layer(path):
     assert not higher, f"{path.relative_to(PACKAGE)} (layer {LAYERS[own]}) imports {higher}"
 
 
+def test_migration_takes_guest_memory_from_the_memory_layer_not_from_snapshots():
+    """Chunk digests and the dirty log serve both; migration must not need the snapshot package."""
+    for path in sorted((PACKAGE / "migration").glob("*.py")):
+        assert not [m for m in imports_of(path) if m.split(".")[0] == "snapshot"], path.name
+    assert any(m.startswith("memory.") for m in imports_of(PACKAGE / "migration" / "sender.py"))
+
+
 def test_string_and_plain_imports_are_seen():
     assert "cli.vms" in imports_of(PACKAGE / "cli" / "__init__.py")               # importlib.import_module("ferry...")
     assert "vmprocess.main" in imports_of(PACKAGE / "host" / "launcher.py")        # python -m ferry.vmprocess.main

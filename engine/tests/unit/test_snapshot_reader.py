@@ -12,11 +12,14 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ferry.errors import FerryError
 from ferry.machine import state
+from ferry.files import open_private
 from ferry.machine.vm import DEVICE_STATES
+from ferry.memory.chunks import CHUNK_SIZE
+from ferry.memory.digests import chunk_digests
+from ferry.memory.image import compress_file
 from ferry.store import definition as defn
 from ferry.snapshot import format as fmt
 from ferry.snapshot import reader
-from ferry.snapshot.compress import compress_file
 
 from support.damage import CORPUS, manifest_of, replace_section, write_resigned
 
@@ -35,13 +38,13 @@ def build_snapshot(folder, kernel, vcpus=1, compress=False):
     """A complete, valid snapshot folder as ``save.create`` writes one, without a VM."""
     folder.mkdir(mode=0o700)
     size = MEMORY_MIB * 2**20
-    with fmt.open_private(folder / fmt.MEMORY) as handle:
+    with open_private(folder / fmt.MEMORY) as handle:
         handle.truncate(size)
         handle.seek(3 * 2**20 + 4096)
         handle.write(b"guest data" * 1000)
     data = (folder / fmt.MEMORY).read_bytes()
-    memory = {"file": fmt.MEMORY, "size": size, "chunk_size": fmt.CHUNK_SIZE, "compression": None,
-              "chunks": fmt.chunk_digests(size, lambda start, length: data[start:start + length])}
+    memory = {"file": fmt.MEMORY, "size": size, "chunk_size": CHUNK_SIZE, "compression": None,
+              "chunks": chunk_digests(size, lambda start, length: data[start:start + length])}
     if compress:
         memory.update(compress_file(folder / fmt.MEMORY))
     fmt.write_manifest(folder, {

@@ -13,7 +13,7 @@ import mmap
 import os
 from dataclasses import dataclass
 
-from .layout import PCI_HOLE_END, PCI_HOLE_START
+from ..layout import PCI_HOLE_END, PCI_HOLE_START
 
 
 FALLOC_PUNCH_HOLE = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE

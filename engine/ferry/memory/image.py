@@ -1,0 +1,145 @@
+"""A memory image: guest RAM saved in a file, raw or zstd, read back to verify or restore it.
+
+A raw image holds the RAM byte for byte at the same offsets, its all-zero ranges
+holes, so it can be mapped in place of guest RAM (a lazy restore) or copied into a
+memfd inside the kernel. A zstd image holds the whole raw image compressed (holes
+compress to almost nothing), for archives; it can only be decompressed into RAM.
+Chunk digests are those of the raw bytes either way, so a verify checks the same
+thing for both.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import time
+from pathlib import Path
+
+import zstandard
+
+from ..errors import FerryError
+from ..files import open_private
+from . import chunks
+from .digests import chunk_digests
+from .guest import GuestMemory
+from .transfer import copy_into
+
+ZSTD_SUFFIX = ".zst"
+ZSTD_LEVEL = 3
+
+
+class MemoryImageError(FerryError):
+    pass
+
+
+def compress_file(raw: Path) -> dict:
+    """Replace the raw image ``raw`` by ``raw.zst``; return what it cost."""
+    started = time.perf_counter()
+    target = raw.with_name(raw.name + ZSTD_SUFFIX)
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
+    with open(raw, "rb") as source, open_private(target) as sink:
+        compressor.copy_stream(source, sink, read_size=chunks.CHUNK_SIZE)
+        sink.flush()
+        os.fsync(sink.fileno())
+    os.unlink(raw)
+    return {"file": target.name, "compression": "zstd", "compressed_bytes": target.stat().st_size,
+            "compress_ms": (time.perf_counter() - started) * 1000}
+
+
+class MemoryImage:
+    """``size`` bytes of guest RAM in the open file ``fd``, which the image now owns
+    (``close`` it). ``name`` is the file's name in messages. The caller has checked
+    that ``fd`` is a regular file; a raw image must also be exactly ``size`` bytes,
+    as a shorter one would fault the guest when it touched the missing pages."""
+
+    def __init__(self, fd: int, name: str, size: int, compressed: bool):
+        self.fd, self.name, self.size, self.compressed = fd, name, size, compressed
+        actual = os.fstat(fd).st_size
+        if not compressed and actual != size:
+            os.close(fd)
+            raise MemoryImageError(f"{name}: {actual} bytes, expected {size} (truncated?)")
+
+    def __enter__(self) -> MemoryImage:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def digests(self) -> list[str]:
+        """One xxh3 per chunk of the raw bytes."""
+        if self.compressed:
+            return [chunks.digest(data) for _, data in self._decompressed()]
+        return self._raw_digests()
+
+    def verify(self, expected: list[str]) -> None:
+        """Refuse the image unless every chunk has the digest ``expected`` gives it,
+        naming the first chunk that differs."""
+        for index, (want, got) in enumerate(zip(expected, self.digests(), strict=True)):
+            if want != got:
+                start = index * chunks.CHUNK_SIZE
+                raise MemoryImageError(f"{self.name}: chunk {index} (guest bytes {start:#x}-"
+                                       f"{start + chunks.CHUNK_SIZE - 1:#x}) checksum mismatch")
+
+    def map(self) -> GuestMemory:
+        """Guest RAM backed by the raw image itself, copy-on-write: pages load as the guest
+        touches them, and the guest never writes back to the file."""
+        if self.compressed:
+            raise MemoryImageError(f"{self.name}: a compressed image cannot be mapped, only loaded")
+        fd = os.dup(self.fd)
+        try:
+            return GuestMemory(self.size, fd=fd, private=True)  # the mapping now owns fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def load_into(self, memory: GuestMemory) -> None:
+        """Copy the image into fresh guest RAM; its holes stay holes."""
+        if self.compressed:
+            for start, data in self._decompressed():
+                if chunks.digest(data) != chunks.ZERO_CHUNK_DIGEST:
+                    memory.view[start:start + len(data)] = data
+            return
+        for start, end in chunks.data_ranges(self.fd, self.size):
+            copy_into(memory.fd, self.fd, start, end)
+
+    def _raw_digests(self) -> list[str]:
+        with_data = chunks.with_data(self.fd, self.size)
+        if not with_data:
+            return chunk_digests(self.size, None, with_data)
+        with mmap.mmap(self.fd, self.size, prot=mmap.PROT_READ) as mapping:
+            view = memoryview(mapping)
+            try:
+                # Slices of the memoryview are hashed where they lie: no chunk is copied.
+                return chunk_digests(self.size, lambda start, length: view[start:start + length], with_data)
+            finally:
+                view.release()
+
+    def _decompressed(self):
+        """(start, bytes) of each chunk of the raw image, in order. Only ``size`` bytes
+        are ever decompressed, whatever the file claims."""
+        with open(self.fd, "rb", closefd=False) as source:
+            source.seek(0)
+            reader = zstandard.ZstdDecompressor().stream_reader(source, read_size=chunks.CHUNK_SIZE)
+            for index in range(chunks.count(self.size)):
+                start, want = chunks.span(index, self.size)
+                data = self._read_exactly(reader, want)
+                if len(data) != want:
+                    raise MemoryImageError(f"{self.name}: ends at guest byte {start + len(data):#x}, "
+                                           f"expected {self.size:#x} (truncated?)")
+                yield start, data
+
+    def _read_exactly(self, reader, count: int) -> bytes:
+        parts, got = [], 0
+        while got < count:
+            try:
+                part = reader.read(count - got)
+            except zstandard.ZstdError as err:
+                raise MemoryImageError(f"{self.name}: cannot decompress ({err})") from None
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+        return b"".join(parts)
