@@ -54,7 +54,7 @@ class SectionType:
 
 def _shown(value) -> str:
     """A name or version as it may be quoted in one line (it may come from a crafted file)."""
-    if isinstance(value, str) and value.isprintable() and len(value) <= 64:
+    if isinstance(value, str) and value.isprintable() and 0 < len(value) <= 64:
         return value
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -90,7 +90,8 @@ class Registry:
             seen.add(name)
             if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= kind.version:
                 newer = isinstance(version, int) and not isinstance(version, bool) and version > kind.version
-                raise SectionError(f"section {name}: version {_shown(version)} is "
+                shown = version if type(version) is int else _shown(repr(version))
+                raise SectionError(f"section {name}: version {shown} is "
                                    f"{'newer than' if newer else 'not'} what this engine reads "
                                    f"(versions {_versions(kind.version)})")
         missing = [name for name in self.names(vcpus) if name not in seen]
