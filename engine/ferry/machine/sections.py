@@ -75,7 +75,7 @@ class Registry:
             if int(vcpu.group(1)) >= vcpus:
                 raise SectionError(f"section {name}: the machine has {vcpus} vCPUs ({self._vcpu_range(vcpus)})")
             return self.by_name[VCPU]
-        if name == VCPU or name not in self.by_name:
+        if not isinstance(name, str) or name == VCPU or name not in self.by_name:
             raise SectionError(f"section {_shown(name)}: unknown to this engine")
         return self.by_name[name]
 

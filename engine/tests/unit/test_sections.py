@@ -208,6 +208,11 @@ def test_an_unknown_section_is_refused(name):
     assert len(message) < 120
 
 
+@pytest.mark.parametrize("name", [None, 7, ["vcpu.0"], {"a": 1}])
+def test_a_name_that_is_not_text_is_refused(name):
+    assert "unknown to this engine" in refused(full() + [(name, 1)])
+
+
 def test_a_newer_version_is_refused_with_the_versions_allowed():
     assert refused(full(pit=2)) == "section pit: version 2 is newer than what this engine reads (versions 1)"
     assert "section vcpu.1: version 9 is newer" in refused(full(vcpu_1=9))
