@@ -53,7 +53,7 @@ class SectionType:
 
 
 def _shown(value) -> str:
-    """A name or version as it may be quoted in one line (it may come from a crafted file)."""
+    """A name as it may be quoted in one line (it may come from a crafted file)."""
     if isinstance(value, str) and value.isprintable() and 0 < len(value) <= 64:
         return value
     text = repr(value)
@@ -88,9 +88,10 @@ class Registry:
             if name in seen:
                 raise SectionError(f"section {name}: appears twice")
             seen.add(name)
-            if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= kind.version:
-                newer = isinstance(version, int) and not isinstance(version, bool) and version > kind.version
-                shown = version if type(version) is int else _shown(repr(version))
+            whole = type(version) is int  # not a bool, not a float
+            if not whole or not 1 <= version <= kind.version:
+                newer = whole and version > kind.version
+                shown = version if whole else repr(version)[:40]
                 raise SectionError(f"section {name}: version {shown} is "
                                    f"{'newer than' if newer else 'not'} what this engine reads "
                                    f"(versions {_versions(kind.version)})")
