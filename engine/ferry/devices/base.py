@@ -19,22 +19,39 @@ class StateVersionError(ValueError):
     """A saved state is newer than this engine understands."""
 
 
-@dataclass
-class DeviceState:
+class VersionedState:
+    """What every saved section's state is (a device's, and the vCPU and in-kernel ones
+    above this layer): a ``VERSION``, and ``upgrade`` from each older one."""
+
     VERSION: ClassVar[int] = 1
 
+    @classmethod
+    def upgraded(cls, data: bytes, version: int, where: str, parse: Callable = bytes):
+        """``data`` as written at ``version``, parsed and brought up to ``VERSION``.
+        A newer version is refused before its bytes are read."""
+        if version > cls.VERSION:
+            raise StateVersionError(
+                f"section {where}: state version {version} is newer than this engine's {cls.VERSION}")
+        saved = parse(data)
+        for old in range(version, cls.VERSION):
+            saved = cls.upgrade(old, saved)
+        return saved
+
+    @classmethod
+    def upgrade(cls, version: int, saved):
+        """Turn the saved form of ``version`` into that of ``version + 1``."""
+        raise StateVersionError(f"{cls.__name__}: no upgrade from version {version}")
+
+
+@dataclass
+class DeviceState(VersionedState):
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes, version: int, section: str = "") -> "DeviceState":
         where = section or cls.__name__
-        if version > cls.VERSION:
-            raise StateVersionError(
-                f"section {where}: state version {version} is newer than this engine's {cls.VERSION}")
-        values = json.loads(data)
-        for old in range(version, cls.VERSION):
-            values = cls.upgrade(old, values)
+        values = cls.upgraded(data, version, where, json.loads)
         if not isinstance(values, dict):
             raise StateVersionError(f"section {where}: expected a JSON object of fields")
         hints = typing.get_type_hints(cls)
@@ -48,11 +65,6 @@ class DeviceState:
         if wrong:
             raise StateVersionError(f"section {where}: field {wrong[0]} is not of type {hints[wrong[0]]}")
         return cls(**values)
-
-    @classmethod
-    def upgrade(cls, version: int, values: dict) -> dict:
-        """Turn the fields of ``version`` into those of ``version + 1``."""
-        raise StateVersionError(f"{cls.__name__}: no upgrade from version {version}")
 
 
 def _fits(value, hint) -> bool:

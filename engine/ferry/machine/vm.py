@@ -1,8 +1,9 @@
 """The machine: KVM VM, guest RAM, devices and vCPU threads, wired in one place.
 
-``Machine`` builds the same machine for a fresh boot (``boot``) and for a
-restore (a later step loads saved state instead of booting), so both paths
-get exactly the same devices at the same addresses.
+``Machine`` builds the same machine for a fresh boot (``boot``) and for saved
+state (``build.py`` loads the sections instead of booting, for a restore and
+an incoming migration), so every path gets exactly the same devices at the
+same addresses.
 """
 
 from __future__ import annotations
@@ -15,19 +16,16 @@ from pathlib import Path
 
 from .. import layout
 from ..boot import cpu, elf
-from ..devices.acpi_pm import AcpiPm, AcpiPmState
+from ..devices.acpi_pm import AcpiPm
 from ..devices.bus import MmioBus, PortIoBus
-from ..devices.i8042 import I8042, I8042State
-from ..devices.rtc import Rtc, RtcState
-from ..devices.serial import Serial, SerialState
+from ..devices.i8042 import I8042
+from ..devices.rtc import Rtc
+from ..devices.serial import Serial
 from ..errors import FerryError
 from ..kvm import abi
 from ..kvm.fds import Kvm
 from ..memory import GuestMemory
 from .vcpu import THROTTLE_SLICE, GuestEvent, RunState, Vcpu
-
-# Every device section a machine has, by name, with the state type that reads it.
-DEVICE_STATES = {"serial.com1": SerialState, "i8042": I8042State, "rtc": RtcState, "acpi.pm": AcpiPmState}
 
 TSS_ADDRESS = 0xFFFBD000  # three pages KVM needs on VMX hosts, inside the MMIO window
 COM1, COM1_IRQ = 0x3F8, 4

@@ -22,7 +22,7 @@ from typing import Callable
 
 from ..errors import FerryError
 from ..machine import state
-from ..machine.vm import DEVICE_STATES
+from ..machine.sections import REGISTRY
 from ..memory.chunks import CHUNK_SIZE, digest
 from ..memory.image import MemoryImage, MemoryImageError
 from . import format as fmt
@@ -295,32 +295,12 @@ def _check_sections(sections, state_size: int) -> list[dict]:
     return sections
 
 
-def newest_versions(vcpus: int) -> dict[str, int]:
-    """Every section a machine of ``vcpus`` has, with the newest version this engine reads."""
-    versions = {f"vcpu.{index}": state.VCPU_VERSION for index in range(vcpus)}
-    versions.update({name: state.KVM_VM_VERSION for name in state.VM_SECTIONS})
-    versions.update({name: kind.VERSION for name, kind in DEVICE_STATES.items()})
-    return versions
-
-
-def check_section_versions(vcpus: int, entries) -> None:
-    """Refuse sections this engine does not know, or knows only in an older version."""
-    newest = newest_versions(vcpus)
-    for entry in entries:
-        name, version = entry["name"], entry["version"]
-        if name not in newest:
-            raise SnapshotError(f"section {name}: unknown to this engine")
-        if version > newest[name]:
-            raise SnapshotError(f"section {name}: version {version} is newer than this engine's {newest[name]}")
-
-
 def _check_section_set(vcpus: int, entries) -> None:
-    check_section_versions(vcpus, entries)
-    present = {entry["name"] for entry in entries}
-    missing = [name for name in newest_versions(vcpus) if name not in present]
-    if missing:
-        raise SnapshotError(f"section {missing[0]}: missing (a snapshot of {vcpus} vCPUs holds "
-                            f"vcpu.0 to vcpu.{vcpus - 1}, {', '.join(state.VM_SECTIONS)} and the devices)")
+    """Exactly the sections of a machine of ``vcpus``, in versions this engine reads."""
+    try:
+        REGISTRY.check([(entry["name"], entry["version"]) for entry in entries], vcpus)
+    except FerryError as err:
+        raise SnapshotError(str(err)) from None
 
 
 def _check_definition(values, check: DefinitionCheck, size: int):
@@ -361,7 +341,7 @@ def _first_line(err: Exception) -> str:
     return _one_line(lines[0][:120]) if lines else type(err).__name__
 
 
-def read_sections(data: bytes, entries: list[dict]) -> dict[str, state.Section]:
+def read_sections(data: bytes, entries: list[dict], vcpus: int) -> dict[str, state.Section]:
     """The sections of ``state.bin``, each checked against its digest and decoded once,
     so damage inside a section is refused here, not in the middle of a restore."""
     sections = {}
@@ -371,7 +351,7 @@ def read_sections(data: bytes, entries: list[dict]) -> dict[str, state.Section]:
             raise SnapshotError(f"section {name}: checksum mismatch in {STATE}")
         section = state.Section(name, entry["version"], raw)
         try:
-            state.decode(section, DEVICE_STATES.get(name))
+            REGISTRY.decode(section, vcpus)
         except RecursionError:
             raise SnapshotError(f"section {name}: JSON nested too deeply") from None
         except FerryError as err:
@@ -408,7 +388,8 @@ def load(folder: Path, check: DefinitionCheck, verify_memory: bool = True) -> Sn
         manifest = parse_json(read_part(folder_fd, MANIFEST, MAX_MANIFEST), MANIFEST)
         state_data = read_part(folder_fd, STATE, MAX_STATE)
         definition = check_manifest(manifest, len(state_data), check)
-        snapshot = Snapshot(folder, manifest, definition, read_sections(state_data, manifest["sections"]))
+        snapshot = Snapshot(folder, manifest, definition,
+                            read_sections(state_data, manifest["sections"], definition.vcpus))
         with open_memory(folder_fd, snapshot.memory_file, snapshot.memory_size, snapshot.compressed) as image:
             if verify_memory:
                 with _memory_checks():

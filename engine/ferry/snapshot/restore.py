@@ -1,4 +1,7 @@
-"""Building a machine from a checked snapshot (``reader.load``): nothing but the folder is needed.
+"""Restoring a checked snapshot (``reader.load``): nothing but the folder is needed.
+
+The machine is built as for an incoming migration (``machine.build``), from
+the snapshot's memory and sections.
 
 Lazy (default): the memory file is mapped copy-on-write, so the guest runs
 as soon as the device state is in and pages load as it touches them. Eager:
@@ -8,17 +11,11 @@ depends on the file.
 
 from __future__ import annotations
 
-from ..machine import state
+from ..machine.build import build_from_saved
 from ..machine.vm import Machine, MachineSpec
 from ..memory import GuestMemory
 from . import format as fmt
 from . import reader
-
-
-def check_sections(manifest: dict) -> None:
-    """Refuse sections this engine does not know, or knows only in an older version
-    (for an incoming migration, whose sections arrive without a snapshot)."""
-    reader.check_section_versions(manifest["definition"]["vcpus"], manifest["sections"])
 
 
 def _memory(snapshot: reader.Snapshot, lazy: bool) -> GuestMemory:
@@ -41,10 +38,4 @@ def build(snapshot: reader.Snapshot, console, spec: MachineSpec, lazy: bool = Tr
     if (spec.vcpus, spec.memory_mib) != (definition.vcpus, definition.memory):
         raise fmt.SnapshotError(f"snapshot {snapshot.manifest['id']}: saved with {definition.vcpus} vCPUs and "
                                 f"{definition.memory} MiB, cannot restore into {spec.vcpus} and {spec.memory_mib}")
-    machine = Machine(spec, console, memory=_memory(snapshot, lazy))
-    try:
-        state.apply(machine, snapshot.sections)
-    except BaseException:
-        machine.close()
-        raise
-    return machine
+    return build_from_saved(spec, console, _memory(snapshot, lazy), snapshot.sections)

@@ -19,7 +19,8 @@ from pathlib import Path
 from .. import __version__
 from ..errors import Conflict
 from ..files import sync_directory
-from ..machine import state
+from ..machine.sections import REGISTRY
+from ..machine.state import Section
 from ..memory import chunks
 from ..memory.digests import ChunkDigests
 from ..memory.dirty import dirty_ranges, set_dirty_logging
@@ -68,7 +69,7 @@ def _precopy(machine, out: int, report: SaveReport, digests: ChunkDigests) -> No
 
 
 def write_memory(machine, out: int, live: bool, report: SaveReport,
-                 digests: ChunkDigests) -> list[state.Section]:
+                 digests: ChunkDigests) -> list[Section]:
     """Write RAM into ``out``; return the sections, captured while paused. Leaves the VM paused."""
     try:
         if live:
@@ -79,7 +80,7 @@ def write_memory(machine, out: int, live: bool, report: SaveReport,
             ranges = dirty_ranges(machine) if live else used_ranges(machine.memory)
             _copy(machine, out, ranges, report, digests)
             digests.refresh()
-            sections = state.capture(machine)
+            sections = REGISTRY.capture(machine)
         finally:
             report.pause_ms = (time.perf_counter() - started) * 1000
         return sections

@@ -17,10 +17,9 @@ from pathlib import Path
 
 from ..errors import Conflict, FerryError
 from ..files import sync_directory
-from ..machine import state
-from ..machine.vm import Machine
+from ..machine.build import SavedMachine
+from ..machine.state import Section
 from ..memory import GuestMemory
-from ..snapshot import restore
 from ..store import definition as defn
 from ..store import statedir
 from .console import Console
@@ -46,7 +45,7 @@ class Incoming:
         self.final = statedir.VmDir(root, name)
         self.definition: defn.Definition | None = None
         self.console = None
-        self.machine: Machine | None = None
+        self.saved: SavedMachine | None = None
         self.process = None
 
     # --- the receiver's target interface ---
@@ -76,20 +75,18 @@ class Incoming:
         memory = GuestMemory(size)
         try:
             self.console = Console(self.staging.console_log)
-            self.machine = Machine(spec_of(self.definition), self.console, memory=memory)
+            self.saved = SavedMachine(spec_of(self.definition), self.console, memory)
             self.process = VmProcess(self.staging, self.console)
         except BaseException:
             memory.close()
             raise
         return memory
 
-    def build(self, values: dict, memory, sections: dict[str, state.Section]):
+    def build(self, values: dict, memory, sections: dict[str, Section]):
+        """The machine built in ``create_memory``, now holding the sections (checked by the registry)."""
         if memory is None:
             return None
-        restore.check_sections({"definition": values, "sections": [
-            {"name": s.name, "version": s.version} for s in sections.values()]})
-        state.apply(self.machine, sections)
-        return self.machine
+        return self.saved.load(sections)
 
     def ready(self) -> None:
         """Before PREPARED: write everything the commit needs, so the commit writes nothing.
@@ -116,11 +113,11 @@ class Incoming:
         and its lock stay, as long as this process waits."""
         if self.process is not None:
             self.process.server.close()
-        if self.machine is not None:
-            self.machine.close()
+        if self.saved is not None:
+            self.saved.close()
         if self.console is not None:
             self.console.handle.close()
-        self.definition = self.console = self.machine = self.process = None
+        self.definition = self.console = self.saved = self.process = None
         for entry in self.staging.path.iterdir():
             if entry == self.staging.lock_file:
                 continue

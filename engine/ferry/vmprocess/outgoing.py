@@ -14,7 +14,8 @@ import os
 import time
 
 from ..errors import Conflict, FerryError
-from ..machine import state
+from ..machine.sections import REGISTRY
+from ..machine.state import Section
 from ..memory import dirty
 from ..control import operations as ops
 
@@ -92,7 +93,7 @@ class Outgoing:
     def sections(self, request: dict, session: dict) -> dict:
         self.owned(session)
         return {"sections": [{"name": s.name, "version": s.version, "data": base64.b64encode(s.data).decode()}
-                             for s in state.capture(self.machine)]}
+                             for s in REGISTRY.capture(self.machine)]}
 
     def report_progress(self, request: dict, session: dict) -> dict:
         self.owned(session)
@@ -157,8 +158,8 @@ class Outgoing:
         return {**self.progress, "phase": self.phase, "step": self.progress.get("phase")}
 
 
-def decode_sections(items: list[dict]) -> list[state.Section]:
+def decode_sections(items: list[dict]) -> list[Section]:
     try:
-        return [state.Section(item["name"], item["version"], base64.b64decode(item["data"])) for item in items]
+        return [Section(item["name"], item["version"], base64.b64decode(item["data"])) for item in items]
     except (KeyError, ValueError) as err:
         raise FerryError(f"bad sections from the VM process: {err}") from None

@@ -6,7 +6,6 @@ import re
 
 import pytest
 
-from support.cli import Ferry
 
 NAMES = ["../../victim", "vm\n", "/tmp", ".."]
 COMMANDS = [

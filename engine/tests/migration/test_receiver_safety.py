@@ -7,6 +7,7 @@ succeeds into it.
 
 import json
 import os
+import re
 import socket
 import time
 
@@ -17,7 +18,8 @@ from ferry.migration.gate import HANDSHAKE_TIMEOUT
 from ferry.migration.protocol import Kind, PeerFailed
 from ferry.migration.sender import handshake
 from ferry.host.api import Host
-from ferry.memory.chunks import digest
+from ferry.machine.sections import REGISTRY
+from ferry.memory.chunks import CHUNK_SIZE, ZERO_CHUNK_DIGEST, digest
 from support.cli import Ferry
 
 pytestmark = pytest.mark.kvm
@@ -55,6 +57,18 @@ class Ends:
     def migrate(self, name="m1"):
         return self.source.run("--json", "migrate", name, "--to", self.address, "--token-file", str(self.token),
                                "--link-timeout", "5", timeout=120)
+
+    def accepted(self):
+        """A channel whose offer of GOOD (MEMORY bytes) the receiver accepted."""
+        channel = transport.connect(self.address, link_timeout=5)
+        try:
+            handshake(channel, self.token.read_bytes().strip())
+            channel.send(Kind.OFFER, {"definition": GOOD, "memory": MEMORY})
+            channel.expect(Kind.ACCEPT)
+        except BaseException:
+            channel.close()
+            raise
+        return channel
 
     def log(self, name="m1") -> str:
         return (self.destination.state_dir / f"receive-{name}.log").read_text()
@@ -291,11 +305,8 @@ IN_TRANSFER = [
 def test_a_bad_frame_during_the_transfer_aborts_and_leaves_nothing_staged(ends, case):
     data, reason = IN_TRANSFER[case]
     ends.receive()
-    channel = transport.connect(ends.address, link_timeout=5)
+    channel = ends.accepted()
     try:
-        handshake(channel, ends.token.read_bytes().strip())
-        channel.send(Kind.OFFER, {"definition": GOOD, "memory": MEMORY})
-        channel.expect(Kind.ACCEPT)
         channel.conn.sendall(data)
         assert ends.logged("migration failed: ", reason, wait=15), ends.log()
     finally:
@@ -307,15 +318,41 @@ def test_state_sections_are_bounded_in_all(ends):
     ends.receive()
     data = bytes(16 << 20)
     head = json.dumps({"name": "", "checksum": digest(data)})
-    channel = transport.connect(ends.address, link_timeout=5)
+    channel = ends.accepted()
     try:
-        handshake(channel, ends.token.read_bytes().strip())
-        channel.send(Kind.OFFER, {"definition": GOOD, "memory": MEMORY})
-        channel.expect(Kind.ACCEPT)
         for index in range(4):
             channel.send_section(f"s{index}", 1, digest(data), data)
         channel.conn.sendall(frame(Kind.SECTION, head.encode(), b=len(data)))
         with pytest.raises(PeerFailed, match="state sections: more than 67108864 bytes in all"):
+            channel.expect(Kind.PREPARED)
+    finally:
+        channel.close()
+    ends.assert_gone()
+
+
+ONE_VCPU = REGISTRY.names(1)
+WRONG_SECTIONS = {
+    "a vCPU the definition lacks": ([(name, 1) for name in ONE_VCPU + ["vcpu.1"]],
+                                    "section vcpu.1: the machine has 1 vCPUs (vcpu.0)"),
+    "a newer version": ([(name, 2 if name == "pit" else 1) for name in ONE_VCPU],
+                        "section pit: version 2 is newer than what this engine reads (versions 1)"),
+    "no vCPU": ([(name, 1) for name in ONE_VCPU if name != "vcpu.0"], "section vcpu.0: missing"),
+    "an unknown section": ([(name, 1) for name in ONE_VCPU + ["../../vms/m1"]],
+                           "section ../../vms/m1: unknown to this engine"),
+}
+
+
+@pytest.mark.parametrize("case", list(WRONG_SECTIONS))
+def test_sections_that_do_not_fit_the_definition_are_refused_by_name(ends, case):
+    """Checked by the section registry before any is applied, as a restore checks a snapshot's."""
+    sections, reason = WRONG_SECTIONS[case]
+    ends.receive()
+    channel = ends.accepted()
+    try:
+        for name, version in sections:
+            channel.send_section(name, version, digest(b"{}"), b"{}")
+        channel.send(Kind.PREPARE, {"chunks": [ZERO_CHUNK_DIGEST] * (MEMORY // CHUNK_SIZE)})
+        with pytest.raises(PeerFailed, match=f"cannot build the VM here: {re.escape(reason)}"):
             channel.expect(Kind.PREPARED)
     finally:
         channel.close()

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from ferry.errors import FerryError
 from ferry.machine import state
 from ferry.files import open_private
-from ferry.machine.vm import DEVICE_STATES
+from ferry.machine.sections import DEVICE_STATES, REGISTRY
 from ferry.memory.chunks import CHUNK_SIZE
 from ferry.memory.digests import chunk_digests
 from ferry.memory.image import compress_file
@@ -30,7 +30,8 @@ def _sections(vcpus: int) -> list[state.Section]:
     vcpu = {key: "00" * ctypes.sizeof(cls) for key, cls in state.VCPU_STRUCTS.items()}
     vcpu.update(msrs={"0x10": 5}, mp_state=0)
     sections = [state.Section(f"vcpu.{index}", 1, json.dumps(vcpu).encode()) for index in range(vcpus)]
-    sections += [state.Section(name, 1, bytes(ctypes.sizeof(cls))) for name, cls in state.VM_STRUCTS.items()]
+    in_kernel = [kind for kind in REGISTRY.types if issubclass(kind.state, state.KvmStructState)]
+    sections += [state.Section(kind.name, 1, bytes(ctypes.sizeof(kind.state.STRUCT))) for kind in in_kernel]
     return sections + [state.Section(name, kind.VERSION, kind().to_bytes()) for name, kind in DEVICE_STATES.items()]
 
 
@@ -85,7 +86,7 @@ def load(folder, verify_memory=True):
 def test_a_good_snapshot_loads_with_its_definition_and_sections(folder):
     snapshot = load(folder)
     assert (snapshot.definition.vcpus, snapshot.definition.memory) == (1, MEMORY_MIB)
-    assert set(snapshot.sections) == set(reader.newest_versions(1))
+    assert set(snapshot.sections) == set(REGISTRY.names(1))
 
 
 def test_every_file_of_a_snapshot_is_private(tmp_path, pristine):
@@ -201,7 +202,7 @@ def _state_with(folder, name, data):
     write_resigned(folder, manifest)
 
 
-SECTION_NAMES = sorted(reader.newest_versions(1))
+SECTION_NAMES = sorted(REGISTRY.names(1))
 
 
 @PROPERTY
