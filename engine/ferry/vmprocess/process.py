@@ -9,7 +9,6 @@ a PC), a crash stops the VM and records why.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import sys
@@ -91,7 +90,7 @@ class VmProcess:
         restore closes the control socket, leaving the VM as it was."""
         try:
             snapshot = snapshots.load(folder, verify_memory)
-            definition = dataclasses.replace(snapshot.definition, name=self.definition.name)
+            definition = snapshot.definition._replace(name=self.definition.name)
             self.machine = restore.build(snapshot, self.console, spec_of(definition), lazy=lazy)
         except BaseException:
             self.server.close()
