@@ -21,13 +21,20 @@ NAME = MEMORY + SUFFIX
 LEVEL = 3
 
 
-def compress_file(raw: Path) -> dict:
-    """Replace ``raw`` by ``raw.zst``; return what it cost."""
+def compress_file(raw: Path, progress=None) -> dict:
+    """Replace ``raw`` by ``raw.zst``; return what it cost. ``progress("compress", done, total)``
+    hears the raw bytes read so far."""
     started = time.perf_counter()
     target = raw.with_name(raw.name + SUFFIX)
     compressor = zstandard.ZstdCompressor(level=LEVEL, threads=-1)
     with open(raw, "rb") as source, open_private(target) as sink:
-        compressor.copy_stream(source, sink, read_size=CHUNK_SIZE)
+        total, done = os.fstat(source.fileno()).st_size, 0
+        with compressor.stream_writer(sink, closefd=False) as writer:
+            while block := source.read(CHUNK_SIZE):
+                writer.write(block)
+                done += len(block)
+                if progress:
+                    progress("compress", done, total)
         sink.flush()
         os.fsync(sink.fileno())
     os.unlink(raw)
@@ -64,8 +71,13 @@ def _read_exactly(reader, count: int) -> bytes:
     return b"".join(parts)
 
 
-def digests(fd: int, size: int) -> list[str]:
-    return [digest(data) for _, data in chunks(fd, size)]
+def digests(fd: int, size: int, progress=None) -> list[str]:
+    found = []
+    for start, data in chunks(fd, size):
+        if progress:
+            progress("verify", start, size)
+        found.append(digest(data))
+    return found
 
 
 def load_into(view, fd: int, size: int) -> None:

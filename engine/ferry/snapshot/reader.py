@@ -383,12 +383,16 @@ def read_sections(data: bytes, entries: list[dict]) -> dict[str, state.Section]:
 
 # --- the whole snapshot ---
 
-def _memory_digests(fd: int, size: int) -> list[str]:
+def _memory_digests(fd: int, size: int, progress=None) -> list[str]:
     with_data = fmt.chunks_with_data(fd, size)
     if not with_data:
         return fmt.chunk_digests(size, None, with_data)
     with mmap.mmap(fd, size, prot=mmap.PROT_READ) as view:
-        return fmt.chunk_digests(size, lambda start, length: view[start:start + length], with_data)
+        def read(start: int, length: int) -> bytes:
+            if progress:
+                progress("verify", start, size)  # holes between are known zero: passed at once
+            return view[start:start + length]
+        return fmt.chunk_digests(size, read, with_data)
 
 
 def open_memory(folder_fd: int, name: str, size: int, compressed: bool) -> int:
@@ -401,11 +405,11 @@ def open_memory(folder_fd: int, name: str, size: int, compressed: bool) -> int:
     return fd
 
 
-def _verify_memory(fd: int, snapshot: Snapshot) -> None:
+def _verify_memory(fd: int, snapshot: Snapshot, progress=None) -> None:
     if snapshot.compressed:
-        found = compress.digests(fd, snapshot.memory_size)
+        found = compress.digests(fd, snapshot.memory_size, progress)
     else:
-        found = _memory_digests(fd, snapshot.memory_size)
+        found = _memory_digests(fd, snapshot.memory_size, progress)
     for index, (want, got) in enumerate(zip(snapshot.manifest["memory"]["chunks"], found, strict=True)):
         if want != got:
             start = index * CHUNK_SIZE
@@ -413,9 +417,10 @@ def _verify_memory(fd: int, snapshot: Snapshot) -> None:
                                 f"{start + CHUNK_SIZE - 1:#x}) checksum mismatch")
 
 
-def load(folder: Path, check: DefinitionCheck, verify_memory: bool = True) -> Snapshot:
+def load(folder: Path, check: DefinitionCheck, verify_memory: bool = True, progress=None) -> Snapshot:
     """The checked snapshot. ``verify_memory=False`` skips only the memory digests:
-    files, structure and sizes are always checked."""
+    files, structure and sizes are always checked. ``progress("verify", done, total)``
+    hears how far the digests have got."""
     folder_fd = open_folder(folder)
     try:
         manifest = parse_json(read_part(folder_fd, MANIFEST, MAX_MANIFEST), MANIFEST)
@@ -425,7 +430,7 @@ def load(folder: Path, check: DefinitionCheck, verify_memory: bool = True) -> Sn
         fd = open_memory(folder_fd, snapshot.memory_file, snapshot.memory_size, snapshot.compressed)
         try:
             if verify_memory:
-                _verify_memory(fd, snapshot)
+                _verify_memory(fd, snapshot, progress)
         finally:
             os.close(fd)
         return snapshot
