@@ -1,5 +1,6 @@
 """Snapshots on real KVM: save, restore, clone, corruption, crash safety."""
 
+import json
 import os
 import stat
 import subprocess
@@ -339,3 +340,40 @@ def test_a_failed_restore_leaves_nothing_of_a_clone_and_the_vm_as_it_was(ferry, 
     vm = ferry.ok("status", "vm1")
     assert vm["state"] == "stopped" and vm["error"] is None, vm
     assert not (ferry.state_dir / "vms" / "vm1" / "control.sock").exists()
+
+
+def _with_terminal_stderr(ferry, *args):
+    """``ferry ARGS`` with stderr a terminal and stdout a pipe: (exit code, stdout, what the terminal got)."""
+    import pty
+    leader, follower = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "ferry.cli", *args], env=ferry.env,
+                               stdout=subprocess.PIPE, stderr=follower)
+    os.close(follower)
+    drawn = b""
+    while True:
+        try:
+            piece = os.read(leader, 65536)
+        except OSError:  # EIO: the command closed the terminal
+            break
+        if not piece:
+            break
+        drawn += piece
+    out = process.stdout.read()
+    os.close(leader)
+    return process.wait(60), out.decode(), drawn.decode(errors="replace")
+
+
+def test_long_snapshot_commands_draw_progress_on_a_terminal_only(ferry, tmp_path):
+    running_vm(ferry, tmp_path, memory=512, cmdline="fill=40 rate=0 hb=200")
+    code, out, drawn = _with_terminal_stderr(ferry, "--json", "snapshot", "create", "vm1", "--snapshot", "z",
+                                             "--compress")
+    assert code == 0 and json.loads(out)["id"] == "z", (out, drawn)  # stdout: the one document
+    assert "vm1: compress [" in drawn and "%" in drawn, drawn
+    assert drawn.endswith("\r"), "the progress line is left behind"
+    assert not (ferry.state_dir / "vms" / "vm1" / "progress.json").exists()
+    code, out, drawn = _with_terminal_stderr(ferry, "snapshot", "verify", "vm1", "z")
+    assert code == 0 and out.startswith("z: ") and "verified" in out
+    assert "vm1 z: verify   [" in drawn, drawn
+    quiet = ferry.run("snapshot", "create", "vm1", "--snapshot", "q", "--compress")
+    assert quiet.code == 0 and quiet.err == "", quiet.err  # not a terminal: nothing more
+    assert ferry.run("snapshot", "verify", "vm1", "q").err == ""
