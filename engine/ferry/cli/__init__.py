@@ -5,7 +5,9 @@ only the module of the command being run is imported (``COMMANDS``), so a
 command pays for no other's imports. A handler takes the parsed arguments and
 returns a JSON-able result. With
 ``--json`` the result is printed as one JSON document; otherwise the
-handler's ``render`` (if any) prints it for people. Every failure is one
+handler's ``render`` (if any) prints it for people. A streaming command
+(``streams``: ``console``) prints as it goes, JSON lines under ``--json``,
+and nothing after. Every failure is one
 line on stderr and a non-zero exit.
 """
 
@@ -61,6 +63,8 @@ def common_options() -> argparse.ArgumentParser:
 
 
 def emit(args: argparse.Namespace, result) -> None:
+    if getattr(args, "streams", False):
+        return  # a streaming command has printed what it had to, as it went
     if args.json:
         print(json.dumps(result, indent=None, sort_keys=True))
     elif getattr(args, "render", None):

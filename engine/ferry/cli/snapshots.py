@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-
 from ..host import snapshots
 from ..host.api import Host
+from .progress import progress_bar
+from .table import print_table
 
 
 def _render_snapshot(snap: dict) -> None:
@@ -20,16 +21,29 @@ def _render_snapshot(snap: dict) -> None:
           + (" verified" if snap.get("verified") else ""))
 
 
+LIST_TITLES = ("ID", "CREATED", "MEMORY", "DISK", "PAUSE", "TAGS", "ORIGIN", "STATUS")
+
+
 def _render_list(snaps: list) -> None:
-    if not snaps:
-        print("no snapshots")
-    for snap in snaps:
-        _render_snapshot(snap)
+    """A table; STATUS "ok" is the structure and sizes checked (the digests are ``snapshot verify``'s)."""
+    print_table(LIST_TITLES, [_row(snap) for snap in snaps])
+
+
+def _row(snap: dict) -> list[str]:
+    if snap.get("error"):
+        return [snap["id"], "-", "-", "-", "-", "-", "-", f"DAMAGED - {snap['error']}"]
+    pause = snap.get("pause_ms")
+    return [snap["id"], snap["created"][:19].replace("T", " "), f"{snap['memory_bytes'] >> 20} MiB",
+            f"{(snap.get('disk_bytes') or 0) / 2**20:.1f} MiB" + (" zstd" if snap.get("compression") else ""),
+            "-" if pause is None else f"{pause:.1f} ms", ",".join(snap["tags"]) or "-",
+            snap["origin"].get("kind") or "-", "ok"]
 
 
 def cmd_create(args):
-    return snapshots.create(Host(args.state_dir), args.name, args.snapshot, args.tag or (),
-                            exit=args.exit, live=not args.stop_the_world, compress=args.compress)
+    with progress_bar(args.name) as progress:
+        return snapshots.create(Host(args.state_dir), args.name, args.snapshot, args.tag or (),
+                                exit=args.exit, live=not args.stop_the_world, compress=args.compress,
+                                progress=progress)
 
 
 def cmd_list(args):
@@ -41,13 +55,16 @@ def cmd_delete(args):
 
 
 def cmd_verify(args):
-    return snapshots.verify(Host(args.state_dir), args.name, args.id)
+    with progress_bar(f"{args.name} {args.id}") as progress:
+        return snapshots.verify(Host(args.state_dir), args.name, args.id, progress=progress)
 
 
 def cmd_restore(args):
-    return snapshots.restore_snapshot(Host(args.state_dir), args.name, args.id, as_name=args.as_name,
-                                      replace=args.replace, eager=args.eager,
-                                      verify_memory=not args.no_verify, overcommit=args.overcommit)
+    with progress_bar(f"{args.name} {args.id}") as progress:
+        return snapshots.restore_snapshot(Host(args.state_dir), args.name, args.id, as_name=args.as_name,
+                                          replace=args.replace, eager=args.eager,
+                                          verify_memory=not args.no_verify, overcommit=args.overcommit,
+                                          progress=progress)
 
 
 def register(sub, common) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -10,6 +11,7 @@ import time
 from ..errors import NotFound
 from ..store import definition as defn
 from ..host.api import START_TIMEOUT, STOP_TIMEOUT, Host
+from .table import print_table
 
 DETACH_KEY = b"\x1d"  # Ctrl-]
 BARE_NEWLINE = re.compile(rb"(?<!\r)\n")
@@ -26,20 +28,12 @@ def _render_vm(vm: dict) -> None:
     print(line + (f" - {vm['error']}" if vm.get("error") else ""))
 
 
-LIST_COLUMNS = (("NAME", "name"), ("STATE", "state"), ("VCPUS", "vcpus"), ("MEMORY", "memory"),
-                ("PID", "pid"), ("UPTIME", "uptime"), ("ERROR", "error"))
+LIST_TITLES = ("NAME", "STATE", "VCPUS", "MEMORY", "PID", "UPTIME", "ERROR")
 
 
 def _render_list(vms: list) -> None:
-    """An aligned table with a header, as ``virsh list``; an empty host prints the header alone."""
-    rows = [[title for title, _ in LIST_COLUMNS]]
-    for vm in vms:
-        cells = {**vm, "memory": f"{vm['memory']} MiB", "uptime": _uptime(vm.get("started_at")),
-                 "pid": vm.get("pid") or "-", "error": vm.get("error") or ""}
-        rows.append([str(cells[key]) for _, key in LIST_COLUMNS])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(LIST_COLUMNS))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print_table(LIST_TITLES, [[vm["name"], vm["state"], vm["vcpus"], f"{vm['memory']} MiB", vm.get("pid") or "-",
+                               _uptime(vm.get("started_at")), vm.get("error") or ""] for vm in vms])
 
 
 def _uptime(started_at) -> str:
@@ -122,7 +116,8 @@ def _render_host_info(info: dict) -> None:
 def cmd_console(args):
     host = _host(args)
     vmdir = host.existing(args.name)
-    interactive = sys.stdin.isatty() and not args.no_input
+    # Under --json the console is data: JSON lines, never the raw bytes, never typed into.
+    interactive = sys.stdin.isatty() and not args.no_input and not args.json
     if not vmdir.console_log.exists():
         if not vmdir.process_alive():
             raise NotFound(f"{args.name}: no console output yet (the VM was never started)")
@@ -132,7 +127,7 @@ def cmd_console(args):
         if interactive:
             _interactive(host, args.name, log, vmdir)
         else:
-            _follow(log, vmdir, args.follow)
+            _follow(log, vmdir, args.follow, JsonLines() if args.json else RawBytes())
     finally:
         log.close()
     return None
@@ -181,13 +176,51 @@ class ConsoleLog:
         self.handle.close()
 
 
-def _follow(log: ConsoleLog, vmdir, follow: bool) -> None:
+class RawBytes:
+    """The console as the guest wrote it."""
+
+    def write(self, chunk: bytes) -> None:
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+
+    def end(self) -> None:
+        pass
+
+
+class JsonLines:
+    """The console as JSON lines: ``{"line": TEXT}`` for each line the guest ended, and at
+    the end ``{"line": TEXT, "partial": true}`` for one it had not ended yet. Bytes that are
+    not UTF-8 are kept as backslash escapes, a carriage return before the newline dropped."""
+
+    def __init__(self):
+        self.pending = b""
+
+    def write(self, chunk: bytes) -> None:
+        *lines, self.pending = (self.pending + chunk).split(b"\n")
+        for line in lines:
+            self._print({"line": self._text(line.removesuffix(b"\r"))})
+
+    def end(self) -> None:
+        if self.pending:
+            self._print({"line": self._text(self.pending), "partial": True})
+            self.pending = b""
+
+    @staticmethod
+    def _text(raw: bytes) -> str:
+        return raw.decode("utf-8", errors="backslashreplace")
+
+    @staticmethod
+    def _print(record: dict) -> None:
+        print(json.dumps(record, sort_keys=True), flush=True)
+
+
+def _follow(log: ConsoleLog, vmdir, follow: bool, out) -> None:
     while True:
         chunk = log.read()
         if chunk:
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.buffer.flush()
+            out.write(chunk)
         elif not follow or not vmdir.process_alive():
+            out.end()
             return
         else:
             time.sleep(0.1)
@@ -253,7 +286,9 @@ def register(sub, common) -> None:
     undefine = command("undefine", cmd_undefine, "remove a stopped VM and its folder",
                        render=lambda r: print(f"{r['name']}: removed"))
     undefine.add_argument("--with-snapshots", action="store_true", help="delete its snapshots too")
-    console = command("console", cmd_console, "show a VM's console (Ctrl-] detaches)", render=None)
+    console = command("console", cmd_console, "show a VM's console (Ctrl-] detaches); with --json, JSON lines",
+                      render=None)
+    console.set_defaults(streams=True)
     console.add_argument("--follow", "-f", action="store_true", help="keep following while the VM runs")
     console.add_argument("--no-input", action="store_true", help="only show output")
     console.add_argument("--lines", "-n", type=int, default=20, metavar="N",

@@ -102,6 +102,7 @@ class Session:
         self.sock.close()
 
 
+REPLY_GRACE = 2.0  # seconds a closing server waits for replies still being sent
 Handler = Callable[[dict, dict], dict]
 
 
@@ -113,6 +114,10 @@ class ControlServer:
         self.path = path
         self.handle = handle
         self.on_close = on_close
+        # Replies handled but not yet sent: the process must not end before they are out
+        # (a snapshot with exit answers, then the VM process ends at once).
+        self._unsent = 0
+        self._sent = threading.Condition()
         address, folder = _short_path(path)
         try:
             path.unlink(missing_ok=True)
@@ -145,6 +150,8 @@ class ControlServer:
         with conn:
             for line in conn.makefile("rb"):
                 fds = []
+                with self._sent:
+                    self._unsent += 1
                 try:
                     result = self.handle(json.loads(line), session)
                     fds = (result or {}).pop("_fds", []) if isinstance(result, dict) else []
@@ -153,17 +160,29 @@ class ControlServer:
                     reply = {"ok": False, "error": str(err)}
                 except Exception as err:  # the VM must outlive a bad request
                     reply = {"ok": False, "error": f"{type(err).__name__}: {err}"}
-                try:
-                    payload = json.dumps(reply).encode() + b"\n"
-                    if fds:
-                        socket.send_fds(conn, [payload], fds)
-                    else:
-                        conn.sendall(payload)
-                except OSError:
+                if not self._send(conn, reply, fds):
                     break
         if self.on_close and session:
             self.on_close(session)
 
+    def _send(self, conn: socket.socket, reply: dict, fds: list) -> bool:
+        try:
+            payload = json.dumps(reply).encode() + b"\n"
+            if fds:
+                socket.send_fds(conn, [payload], fds)
+            else:
+                conn.sendall(payload)
+            return True
+        except OSError:
+            return False
+        finally:
+            with self._sent:
+                self._unsent -= 1
+                self._sent.notify_all()
+
     def close(self) -> None:
+        """Stop listening, and give the replies being sent a moment to leave."""
         self.sock.close()
         self.path.unlink(missing_ok=True)
+        with self._sent:
+            self._sent.wait_for(lambda: self._unsent == 0, timeout=REPLY_GRACE)

@@ -13,9 +13,8 @@ from pathlib import Path
 
 from .. import inputs
 from ..errors import Conflict, FerryError, NotFound
-from ..control import protocol as control, operations as ops
+from ..control import operations as ops
 from ..store import definition as defn, statedir
-from . import launcher
 from .info import meminfo_mib
 
 START_TIMEOUT = 60.0
@@ -112,6 +111,7 @@ class Host:
         or None when no process holds the VM."""
         if not vmdir.process_alive():
             return None
+        from ..control import protocol as control  # here: a host of stopped VMs opens no socket
         try:
             live = control.request(vmdir.socket, "status", timeout=2)
         except control.ControlError:
@@ -178,6 +178,7 @@ class Host:
                overcommit: bool = False, memory_mib: int | None = None) -> None:
         if not overcommit:
             self.admit(vmdir, memory_mib or vmdir.load_definition().memory)
+        from . import launcher  # here: commands that start no VM process skip its imports
         started = launcher.launch(self.root, [*extra, vmdir.name], vmdir.engine_log, timeout)
         if started.line.startswith("error: "):
             started.process.wait(5)
@@ -191,6 +192,7 @@ class Host:
         vmdir = self.existing(name)
         if not vmdir.process_alive():
             raise Conflict(f"{name}: the VM is not running")
+        from ..control import protocol as control
         control.request(vmdir.socket, op, **args)
         return self.describe(vmdir)
 
@@ -229,6 +231,7 @@ class Host:
         guest that powers off by itself while we ask has done what was asked."""
         if not vmdir.process_alive():
             return False
+        from ..control import protocol as control
         try:
             control.request(vmdir.socket, op)
         except control.ControlError:

@@ -13,6 +13,7 @@ from ..snapshot import reader, save
 from ..snapshot.save import summary
 from ..control import protocol as control
 from ..store import statedir
+from ..store.progress import Watch, progress_file
 from ..store.snapshots import load
 from .api import START_TIMEOUT, Host
 
@@ -43,7 +44,8 @@ def _folder(host: Host, name: str, snapshot_id: str):
 
 
 def create(host: Host, name: str, snapshot_id: str | None = None, tags=(), exit: bool = False,
-           live: bool = True, origin: dict | None = None, compress: bool = False) -> dict:
+           live: bool = True, origin: dict | None = None, compress: bool = False, progress=None) -> dict:
+    """Save a running VM; ``progress(step, done, total)`` hears how far the VM process got."""
     vmdir = host.existing(name)
     if not vmdir.process_alive():
         raise Conflict(f"{name}: the VM is not running; a snapshot saves a running VM")
@@ -53,9 +55,10 @@ def create(host: Host, name: str, snapshot_id: str | None = None, tags=(), exit:
         raise Conflict(f"snapshot: {name} already has a snapshot {snapshot_id!r}")
     save.reserve(folder)
     try:
-        result = control.request(vmdir.socket, "snapshot", timeout=SAVE_TIMEOUT, id=snapshot_id,
-                                 tags=list(tags), exit=exit, live=live, origin=origin or {"kind": "manual"},
-                                 compress=compress)
+        with Watch(progress_file(vmdir.path), progress):
+            result = control.request(vmdir.socket, "snapshot", timeout=SAVE_TIMEOUT, id=snapshot_id,
+                                     tags=list(tags), exit=exit, live=live, origin=origin or {"kind": "manual"},
+                                     compress=compress)
     except BaseException:
         # The VM process removes the claim of a save it failed; one that never got the request cannot.
         if not vmdir.process_alive():
@@ -88,16 +91,17 @@ def delete(host: Host, name: str, snapshot_id: str) -> dict:
     return {"id": snapshot_id, "vm": name, "deleted": True}
 
 
-def verify(host: Host, name: str, snapshot_id: str) -> dict:
+def verify(host: Host, name: str, snapshot_id: str, progress=None) -> dict:
     _, folder = _folder(host, name, snapshot_id)
-    manifest = load(folder).manifest
+    manifest = load(folder, progress=progress).manifest
     return {**summary(folder, manifest), "verified": True,
             "sections": len(manifest["sections"]), "chunks": len(manifest["memory"]["chunks"])}
 
 
 def restore_snapshot(host: Host, name: str, snapshot_id: str, as_name: str | None = None, replace: bool = False,
             eager: bool = False, verify_memory: bool = True, timeout: float = START_TIMEOUT,
-            overcommit: bool = False) -> dict:
+            overcommit: bool = False, progress=None) -> dict:
+    """Run the VM (or a clone ``as_name``) from a snapshot; ``progress`` hears its digest check."""
     timeout = inputs.seconds(timeout)
     vmdir, folder = _folder(host, name, snapshot_id)
     if as_name is not None:
@@ -105,7 +109,7 @@ def restore_snapshot(host: Host, name: str, snapshot_id: str, as_name: str | Non
     else:
         host.check_operation("restore", vmdir)
     # Everything is checked before a running VM is touched: a bad snapshot changes nothing.
-    snapshot = load(folder, verify_memory)
+    snapshot = load(folder, verify_memory, progress)
     start = Start(eager, timeout, overcommit)
     if as_name is None:
         return _restore_in_place(host, vmdir, snapshot, replace, start)

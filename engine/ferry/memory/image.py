@@ -32,13 +32,24 @@ class MemoryImageError(FerryError):
     pass
 
 
-def compress_file(raw: Path) -> dict:
-    """Replace the raw image ``raw`` by ``raw.zst``; return what it cost."""
+def _no_progress(step: str, done: int, total: int) -> None:
+    pass
+
+
+def compress_file(raw: Path, progress=None) -> dict:
+    """Replace the raw image ``raw`` by ``raw.zst``; return what it cost.
+    ``progress("compress", done, total)`` hears the raw bytes read so far."""
     started = time.perf_counter()
     target = raw.with_name(raw.name + ZSTD_SUFFIX)
     compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
     with open(raw, "rb") as source, open_private(target) as sink:
-        compressor.copy_stream(source, sink, read_size=chunks.CHUNK_SIZE)
+        total, done = os.fstat(source.fileno()).st_size, 0
+        with compressor.stream_writer(sink, closefd=False) as writer:
+            while block := source.read(chunks.CHUNK_SIZE):
+                writer.write(block)
+                done += len(block)
+                if progress:
+                    progress("compress", done, total)
         sink.flush()
         os.fsync(sink.fileno())
     os.unlink(raw)
@@ -68,16 +79,22 @@ class MemoryImage:
     def close(self) -> None:
         os.close(self.fd)
 
-    def digests(self) -> list[str]:
-        """One xxh3 per chunk of the raw bytes."""
+    def digests(self, progress=None) -> list[str]:
+        """One xxh3 per chunk of the raw bytes; ``progress("verify", done, total)`` hears
+        how far they have got."""
+        progress = progress or _no_progress
         if self.compressed:
-            return [chunks.digest(data) for _, data in self._decompressed()]
-        return self._raw_digests()
+            found = []
+            for start, data in self._decompressed():
+                progress("verify", start, self.size)
+                found.append(chunks.digest(data))
+            return found
+        return self._raw_digests(progress)
 
-    def verify(self, expected: list[str]) -> None:
+    def verify(self, expected: list[str], progress=None) -> None:
         """Refuse the image unless every chunk has the digest ``expected`` gives it,
         naming the first chunk that differs."""
-        for index, (want, got) in enumerate(zip(expected, self.digests(), strict=True)):
+        for index, (want, got) in enumerate(zip(expected, self.digests(progress), strict=True)):
             if want != got:
                 start = index * chunks.CHUNK_SIZE
                 raise MemoryImageError(f"{self.name}: chunk {index} (guest bytes {start:#x}-"
@@ -105,15 +122,19 @@ class MemoryImage:
         for start, end in chunks.data_ranges(self.fd, self.size):
             copy_into(memory.fd, self.fd, start, end)
 
-    def _raw_digests(self) -> list[str]:
+    def _raw_digests(self, progress) -> list[str]:
         with_data = chunks.with_data(self.fd, self.size)
         if not with_data:
             return chunk_digests(self.size, None, with_data)
         with mmap.mmap(self.fd, self.size, prot=mmap.PROT_READ) as mapping:
             view = memoryview(mapping)
-            try:
+
+            def read(start: int, length: int):
+                progress("verify", start, self.size)  # holes between are known zero: passed at once
                 # Slices of the memoryview are hashed where they lie: no chunk is copied.
-                return chunk_digests(self.size, lambda start, length: view[start:start + length], with_data)
+                return view[start:start + length]
+            try:
+                return chunk_digests(self.size, read, with_data)
             finally:
                 view.release()
 

@@ -380,9 +380,10 @@ def open_memory(folder_fd: int, name: str, size: int, compressed: bool) -> Memor
         return MemoryImage(fd, name, size, compressed)
 
 
-def load(folder: Path, check: DefinitionCheck, verify_memory: bool = True) -> Snapshot:
+def load(folder: Path, check: DefinitionCheck, verify_memory: bool = True, progress=None) -> Snapshot:
     """The checked snapshot. ``verify_memory=False`` skips only the memory digests:
-    files, structure and sizes are always checked."""
+    files, structure and sizes are always checked. ``progress("verify", done, total)``
+    hears how far the digests have got."""
     folder_fd = open_folder(folder)
     try:
         manifest = parse_json(read_part(folder_fd, MANIFEST, MAX_MANIFEST), MANIFEST)
@@ -393,7 +394,7 @@ def load(folder: Path, check: DefinitionCheck, verify_memory: bool = True) -> Sn
         with open_memory(folder_fd, snapshot.memory_file, snapshot.memory_size, snapshot.compressed) as image:
             if verify_memory:
                 with _memory_checks():
-                    image.verify(manifest["memory"]["chunks"])
+                    image.verify(manifest["memory"]["chunks"], progress)
         return snapshot
     finally:
         os.close(folder_fd)

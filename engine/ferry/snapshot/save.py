@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 from .. import __version__
 from ..errors import Conflict
@@ -32,6 +33,10 @@ MAX_ROUNDS = 8
 SMALL_DELTA = 4 * 1024 * 1024  # pause once what is left is this small
 
 
+def _no_progress(step: str, done: int, total: int) -> None:
+    pass
+
+
 @dataclass
 class SaveReport:
     mode: str
@@ -40,11 +45,17 @@ class SaveReport:
     rounds: list[int] = field(default_factory=list)
     bytes_written: int = 0
     disk_bytes: int = 0
+    # progress(step, done, total) as the save goes; not part of the manifest's record.
+    progress: Callable[[str, int, int], None] = field(default=_no_progress, repr=False)
+
+    def record(self) -> dict:
+        return {key: value for key, value in self.__dict__.items() if key != "progress"}
 
 
-def _copy(machine, out: int, ranges, report: SaveReport, digests: ChunkDigests) -> int:
+def _copy(machine, out: int, ranges, report: SaveReport, digests: ChunkDigests, step: str = "memory") -> int:
     """Write ranges chunk by chunk; whole chunks are hashed on the way, as the manifest needs."""
     memory, written = machine.memory, 0
+    total = sum(end - start for start, end in ranges)
     for start, end in ranges:
         for piece, length in chunks.pieces(start, end):
             if length == chunks.CHUNK_SIZE:
@@ -53,6 +64,7 @@ def _copy(machine, out: int, ranges, report: SaveReport, digests: ChunkDigests) 
                 digests.moved(piece, piece + length)
             write_range(memory, out, piece, piece + length)
             written += length
+            report.progress(step, written, total)
     report.bytes_written += written
     return written
 
@@ -61,7 +73,7 @@ def _precopy(machine, out: int, report: SaveReport, digests: ChunkDigests) -> No
     set_dirty_logging(machine, True)
     _copy(machine, out, used_ranges(machine.memory), report, digests)
     for _ in range(MAX_ROUNDS):
-        written = _copy(machine, out, dirty_ranges(machine), report, digests)
+        written = _copy(machine, out, dirty_ranges(machine), report, digests, "delta")
         digests.refresh()
         report.rounds.append(written)
         if written <= SMALL_DELTA:
@@ -111,15 +123,17 @@ def reserve(folder: Path) -> Path:
 
 
 def create(machine, folder: Path, definition: dict, origin: dict, tags: list[str],
-           live: bool = True, leave_paused: bool = False, compress: bool = False) -> dict:
-    """Save ``machine`` as snapshot ``folder``; resume it unless ``leave_paused``.
+           live: bool = True, leave_paused: bool = False, compress: bool = False,
+           progress: Callable[[str, int, int], None] = _no_progress) -> dict:
+    """Save ``machine`` as snapshot ``folder``; resume it unless ``leave_paused``;
+    ``progress(step, done, total)`` hears how far it got (steps memory, delta, compress).
     The id is normally reserved (``reserve``) by the caller, outside the VM's lock,
     so that a second save of it is refused before it waits; else it is reserved here."""
     began = time.perf_counter()
     partial = partial_of(folder)
     if not partial.is_dir():
         reserve(folder)
-    report = SaveReport("live" if live else "stop-the-world")
+    report = SaveReport("live" if live else "stop-the-world", progress=progress)
     resume_needed = False
     try:
         out = os.open(partial / fmt.MEMORY, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -137,8 +151,8 @@ def create(machine, folder: Path, definition: dict, origin: dict, tags: list[str
         manifest = _manifest(folder.name, machine, definition, origin, tags, partial, sections, report,
                              digests.values)
         if compress:
-            manifest["memory"].update(compress_file(partial / fmt.MEMORY))
-        manifest["save"] = {**report.__dict__, "total_ms": (time.perf_counter() - began) * 1000}
+            manifest["memory"].update(compress_file(partial / fmt.MEMORY, progress))
+        manifest["save"] = {**report.record(), "total_ms": (time.perf_counter() - began) * 1000}
         manifest = fmt.write_manifest(partial, manifest)
         sync_directory(partial)
         os.rename(partial, folder)

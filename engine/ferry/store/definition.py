@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from dataclasses import asdict, dataclass
+from collections import namedtuple
 from pathlib import Path
 
 from .. import inputs
@@ -25,17 +25,15 @@ STDIN = "stdin"  # how messages name a definition read from standard input
 KEYS = ("name", "vcpus", "memory", "kernel", "initrd", "cmdline")
 
 
-@dataclass(frozen=True)
-class Definition:
-    name: str
-    vcpus: int
-    memory: int
-    kernel: str
-    initrd: str | None = None
-    cmdline: str = ""
+# A named tuple, not a dataclass: every command reads definitions, and ``dataclasses``
+# (with ``inspect``) would cost ``ferry list`` more than all the rest of its imports.
+class Definition(namedtuple("Definition", KEYS, defaults=(None, ""))):
+    """name, vcpus, memory (MiB), kernel, initrd (or None), cmdline; immutable."""
+
+    __slots__ = ()
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return self._asdict()
 
     def kernel_path(self) -> Path:
         return resolve_kernel(self.kernel)

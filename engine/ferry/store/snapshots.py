@@ -10,6 +10,6 @@ from ..snapshot import reader
 from . import definition as defn
 
 
-def load(folder, verify_memory: bool = True) -> reader.Snapshot:
+def load(folder, verify_memory: bool = True, progress=None) -> reader.Snapshot:
     """A snapshot with every file and field checked, its definition by this engine's rules."""
-    return reader.load(folder, defn.validate, verify_memory)
+    return reader.load(folder, defn.validate, verify_memory, progress)

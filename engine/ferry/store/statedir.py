@@ -11,7 +11,6 @@ import fcntl
 import itertools
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -65,6 +64,7 @@ def remove_tree(root: Path, path: Path) -> None:
     if path.is_symlink():
         check_inside(root, path, link_ok=True).unlink()
     elif os.path.lexists(path):
+        import shutil  # here: only removals pay for it
         shutil.rmtree(check_inside(root, path))
 
 

@@ -9,7 +9,6 @@ a PC), a crash stops the VM and records why.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import sys
@@ -23,6 +22,7 @@ from ..machine.vm import Event, Machine, MachineSpec
 from ..snapshot import restore, save
 from ..control import operations as ops
 from ..store import snapshots, statedir
+from ..store.progress import ProgressWriter, progress_file
 from ..control.protocol import ControlServer
 from .console import Console
 from .outgoing import Outgoing
@@ -91,7 +91,7 @@ class VmProcess:
         restore closes the control socket, leaving the VM as it was."""
         try:
             snapshot = snapshots.load(folder, verify_memory)
-            definition = dataclasses.replace(snapshot.definition, name=self.definition.name)
+            definition = snapshot.definition._replace(name=self.definition.name)
             self.machine = restore.build(snapshot, self.console, spec_of(definition), lazy=lazy)
         except BaseException:
             self.server.close()
@@ -202,9 +202,14 @@ class VmProcess:
         stop_after = bool(request.get("exit"))
         # A paused VM stays paused: a checkpoint does not change what the guest is doing.
         leave_paused = stop_after or self.machine.state is RunState.PAUSED
-        result = save.create(self.machine, folder, self.definition.to_dict(), request.get("origin") or {},
-                             request.get("tags") or [], live=request.get("live", True),
-                             leave_paused=leave_paused, compress=bool(request.get("compress")))
+        progress = ProgressWriter(progress_file(self.vmdir.path), "snapshot")
+        try:
+            result = save.create(self.machine, folder, self.definition.to_dict(), request.get("origin") or {},
+                                 request.get("tags") or [], live=request.get("live", True),
+                                 leave_paused=leave_paused, compress=bool(request.get("compress")),
+                                 progress=progress)
+        finally:
+            progress.close()
         if stop_after:
             self.machine.events.put(Event(GuestEvent.POWEROFF, f"stopped after snapshot {folder.name}",
                                            by_host=True))

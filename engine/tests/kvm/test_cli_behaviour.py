@@ -118,11 +118,41 @@ def test_the_command_table_names_every_command_once():
 
 
 def test_a_command_imports_only_what_it_uses(ferry):
-    """Start-up: ``ferry list`` must not pay for KVM, snapshots, migration, SSH or TLS."""
+    """Start-up: ``ferry list`` must not pay for KVM, snapshots, migration, SSH or TLS, nor for
+    what only launching a VM process or talking to a running one needs."""
     probe = ("import sys, ferry.cli; ferry.cli.main(['--json', 'list']); "
-             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('paramiko', 'ssl', 'yaml', 'zstandard') "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('paramiko', 'ssl', 'yaml', 'zstandard', "
+             "'dataclasses', 'socket', 'ctypes', 'subprocess') "
              "or m.startswith(('ferry.kvm', 'ferry.snapshot', 'ferry.migration', 'ferry.machine'))))")
     ferry.state_dir.mkdir(parents=True, exist_ok=True)
     done = subprocess.run([sys.executable, "-c", probe], env=ferry.env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "[]", done.stdout
+
+
+def test_console_json_lines_split_lines_and_keep_odd_bytes(capsys):
+    from ferry.cli.vms import JsonLines
+    out = JsonLines()
+    out.write(b"first\r\nsec")
+    out.write(b"ond\n\xff\xfeodd\n")
+    out.write(b"unfinished")
+    out.end()
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert printed == [{"line": "first"}, {"line": "second"}, {"line": "\\xff\\xfeodd"},
+                       {"line": "unfinished", "partial": True}]
+
+
+@pytest.mark.kvm
+def test_console_under_json_is_json_lines_of_the_log(ferry, tmp_path):
+    ferry.define(tmp_path, name="vm1", vcpus=1, memory=16, kernel="builtin:selfcheck", cmdline="fill=5 hb=50")
+    ferry.ok("start", "vm1")
+    ferry.wait_heartbeats("vm1", 10)
+    ferry.ok("poweroff", "vm1")
+    for args in (("--lines", "3"), ("--all",), ("--all", "--follow")):
+        done = ferry.run("--json", "console", "vm1", *args)
+        assert done.code == 0 and done.err == "", done.err
+        records = [json.loads(line) for line in done.out.splitlines()]  # every line one JSON object
+        assert all(isinstance(r, dict) and set(r) <= {"line", "partial"} for r in records), done.out
+        logged = ferry.console("vm1").decode().splitlines()
+        assert [r["line"] for r in records] == logged[-len(records):]
+    assert len([json.loads(line) for line in ferry.run("--json", "console", "vm1", "-n", "3").out.splitlines()]) == 3

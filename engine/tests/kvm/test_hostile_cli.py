@@ -100,3 +100,23 @@ def test_a_snapshot_of_a_paused_vm_leaves_it_paused(ferry, tmp_path):
     files = (ferry.state_dir / "vms" / "vm1").iterdir()
     assert all(p.stat().st_mode & 0o077 == 0 for p in files if p.is_file() and not p.name.endswith(".log")), \
         "VM files must not be readable by others"
+
+
+@pytest.mark.kvm
+def test_a_progress_file_planted_as_a_link_is_replaced_not_followed(ferry, tmp_path, victim):
+    ferry.define(tmp_path, name="vm1", vcpus=1, memory=32, kernel="builtin:selfcheck", cmdline="fill=10 hb=100")
+    ferry.ok("start", "vm1")
+    planted = ferry.state_dir / "vms" / "vm1" / "progress.json"
+    os.symlink(victim / "vm.yaml", planted)
+    ferry.ok("snapshot", "create", "vm1", "--snapshot", "s1")
+    assert (victim / "vm.yaml").read_text() == "precious\n"
+    assert not os.path.lexists(planted)
+
+
+@pytest.mark.parametrize("name", NAMES, ids=repr)
+def test_console_under_json_refuses_a_hostile_name_in_one_json_line(ferry, name):
+    import json
+    done = ferry.run("--json", "console", name)
+    assert done.code == 1 and done.out == ""
+    lines = done.err.strip().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["error"].startswith("name: "), done.err

@@ -1,5 +1,6 @@
 """The engine on real KVM, driven through ``ferry`` with the built-in self-checking guest."""
 
+import json
 import os
 import signal
 import subprocess
@@ -79,6 +80,35 @@ def test_two_starts_leave_one_process(ferry, tmp_path):
     found = subprocess.run(["pgrep", "-f", f"ferry.vmprocess.main --state-dir {ferry.state_dir} vm1"],
                            capture_output=True, text=True).stdout.split()
     assert found == [str(pid)]
+
+
+def test_the_vm_process_keeps_none_of_the_starters_descriptors(ferry, tmp_path):
+    """Forked from the CLI, it must not hold the start lock (the next start would hang) nor
+    anything else the CLI had open; it shows as the VM process in ps."""
+    pid = boot(ferry, tmp_path)["pid"]
+    held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    assert not any(path.endswith("start.lock") for path in held), held
+    assert {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in ("0", "1")} == {os.devnull}
+    assert os.readlink(f"/proc/{pid}/fd/2").endswith("/vm1/engine.log")
+    args = open(f"/proc/{pid}/cmdline", "rb").read().rstrip(b"\0").replace(b"\0", b" ").decode()
+    assert args.endswith(f"-m ferry.vmprocess.main --state-dir {ferry.state_dir} vm1"), args
+    assert os.getsid(pid) == pid
+    assert ferry.ok("stop", "vm1", "--timeout", "20")["state"] == "stopped"
+    assert ferry.ok("start", "vm1")["state"] == "running"
+
+
+def test_a_caller_with_threads_starts_the_vm_under_a_fresh_interpreter(ferry, tmp_path):
+    ferry.define(tmp_path, name="vm1", vcpus=1, memory=32, kernel=GUEST, cmdline="hb=200")
+    script = ("import threading, json; from ferry.host.api import Host; "
+              "threading.Thread(target=__import__('time').sleep, args=(5,), daemon=True).start(); "
+              f"print(json.dumps(Host({str(ferry.state_dir)!r}).start('vm1')))")
+    done = subprocess.run([sys.executable, "-c", script], env=ferry.env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    pid = json.loads(done.stdout)["pid"]
+    assert open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[:3] == [
+        sys.executable.encode(), b"-m", b"ferry.vmprocess.main"]
+    beats = ferry.wait_heartbeats("vm1", 3)
+    assert_sequence_continues(beats)
 
 
 def test_vm_outlives_the_shell_that_started_it(ferry, tmp_path):

@@ -1,5 +1,6 @@
 """Snapshots on real KVM: save, restore, clone, corruption, crash safety."""
 
+import json
 import os
 import stat
 import subprocess
@@ -62,6 +63,30 @@ def test_live_save_keeps_the_guest_running_and_reports_the_pause(ferry, tmp_path
     listed = ferry.ok("snapshot", "list", "vm1")
     assert [s["id"] for s in listed] == ["live"]
     assert ferry.ok("snapshot", "verify", "vm1", "live")["verified"]
+
+
+def test_snapshot_list_is_a_table_with_a_header(ferry, tmp_path):
+    running_vm(ferry, tmp_path)
+    ferry.ok("snapshot", "create", "vm1", "--snapshot", "a", "--tag", "x", "--tag", "y")
+    ferry.ok("snapshot", "create", "vm1", "--snapshot", "b-longer-id", "--compress")
+    snapshot_folder(ferry, "vm1", "c-empty").mkdir()
+    lines = ferry.run("snapshot", "list", "vm1").out.splitlines()
+    assert lines[0].split() == ["ID", "CREATED", "MEMORY", "DISK", "PAUSE", "TAGS", "ORIGIN", "STATUS"]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert sorted(rows) == ["a", "b-longer-id", "c-empty"]
+    status = lines[0].index("STATUS")
+    assert rows["a"][status:] == "ok" and rows["b-longer-id"][status:] == "ok"
+    assert rows["c-empty"][status:].startswith("DAMAGED - ")
+    assert " x,y " in rows["a"] and " zstd " in rows["b-longer-id"] and " 64 MiB " in rows["a"]
+    assert lines[0].index("TAGS") == rows["a"].index("x,y"), "columns are not aligned"
+    assert [s["id"] for s in ferry.ok("snapshot", "list", "vm1")] == ["a", "b-longer-id", "c-empty"]
+
+
+def test_a_vm_without_snapshots_lists_the_header_alone(ferry, tmp_path):
+    ferry.define(tmp_path, name="vm1", vcpus=1, memory=16, kernel=GUEST)
+    assert ferry.run("snapshot", "list", "vm1").out.split() == [
+        "ID", "CREATED", "MEMORY", "DISK", "PAUSE", "TAGS", "ORIGIN", "STATUS"]
+    assert ferry.ok("snapshot", "list", "vm1") == []
 
 
 def test_stop_the_world_save_restores(ferry, tmp_path):
@@ -159,7 +184,8 @@ def test_damaged_snapshot_is_refused_in_one_line_and_no_vm_runs(stopped_vm, pris
     listed = ferry.run("snapshot", "list", "vm1", timeout=30)
     assert listed.code == 0 and "Traceback" not in listed.err and not listed.err, listed.err
     if not damage.digest_only:
-        assert listed.out.startswith("bad: DAMAGED - ") and len(listed.out.strip().splitlines()) == 1, listed.out
+        rows = listed.out.splitlines()[1:]
+        assert len(rows) == 1 and rows[0].split()[0] == "bad" and "DAMAGED - " in rows[0], listed.out
         assert damage.words in listed.out, listed.out
 
 
@@ -226,7 +252,8 @@ def test_a_symlinked_snapshot_folder_is_listed_damaged_and_deleting_it_keeps_the
     link.parent.mkdir(exist_ok=True)
     link.symlink_to(pristine)
     listed = ferry.run("snapshot", "list", "vm1")
-    assert "linked: DAMAGED - linked: cannot open the snapshot folder" in listed.out, listed.out
+    row = next(line for line in listed.out.splitlines() if line.split()[0] == "linked")
+    assert "DAMAGED - linked: cannot open the snapshot folder" in row, listed.out
     refused = ferry.run("restore", "vm1", "linked")
     assert refused.code != 0 and "a plain directory is required" in refused.err, refused.err
     ferry.ok("snapshot", "delete", "vm1", "linked")
@@ -313,3 +340,40 @@ def test_a_failed_restore_leaves_nothing_of_a_clone_and_the_vm_as_it_was(ferry, 
     vm = ferry.ok("status", "vm1")
     assert vm["state"] == "stopped" and vm["error"] is None, vm
     assert not (ferry.state_dir / "vms" / "vm1" / "control.sock").exists()
+
+
+def _with_terminal_stderr(ferry, *args):
+    """``ferry ARGS`` with stderr a terminal and stdout a pipe: (exit code, stdout, what the terminal got)."""
+    import pty
+    leader, follower = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "ferry.cli", *args], env=ferry.env,
+                               stdout=subprocess.PIPE, stderr=follower)
+    os.close(follower)
+    drawn = b""
+    while True:
+        try:
+            piece = os.read(leader, 65536)
+        except OSError:  # EIO: the command closed the terminal
+            break
+        if not piece:
+            break
+        drawn += piece
+    out = process.stdout.read()
+    os.close(leader)
+    return process.wait(60), out.decode(), drawn.decode(errors="replace")
+
+
+def test_long_snapshot_commands_draw_progress_on_a_terminal_only(ferry, tmp_path):
+    running_vm(ferry, tmp_path, memory=512, cmdline="fill=40 rate=0 hb=200")
+    code, out, drawn = _with_terminal_stderr(ferry, "--json", "snapshot", "create", "vm1", "--snapshot", "z",
+                                             "--compress")
+    assert code == 0 and json.loads(out)["id"] == "z", (out, drawn)  # stdout: the one document
+    assert "vm1: compress [" in drawn and "%" in drawn, drawn
+    assert drawn.endswith("\r"), "the progress line is left behind"
+    assert not (ferry.state_dir / "vms" / "vm1" / "progress.json").exists()
+    code, out, drawn = _with_terminal_stderr(ferry, "snapshot", "verify", "vm1", "z")
+    assert code == 0 and out.startswith("z: ") and "verified" in out
+    assert "vm1 z: verify   [" in drawn, drawn
+    quiet = ferry.run("snapshot", "create", "vm1", "--snapshot", "q", "--compress")
+    assert quiet.code == 0 and quiet.err == "", quiet.err  # not a terminal: nothing more
+    assert ferry.run("snapshot", "verify", "vm1", "q").err == ""
