@@ -15,7 +15,7 @@ class SourceRam(Protocol):
     size: int
     fd: int | None  # a memfd the sender may sendfile from, or None
 
-    def read(self, offset: int, length: int) -> bytes: ...
+    def read(self, offset: int, length: int) -> bytes | memoryview: ...  # valid until the next read
     def used_ranges(self) -> list[tuple[int, int]]: ...
 
 

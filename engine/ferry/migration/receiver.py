@@ -20,6 +20,7 @@ from ..snapshot import format as fmt
 from ..snapshot.digests import ChunkDigests
 from .gate import Gate, tell_refusal
 from .interfaces import Target
+from .laps import Laps
 from .protocol import Kind, ProtocolError
 from .transport import Channel, LinkError, Listener
 
@@ -134,6 +135,7 @@ class Receiver:
 
     def _transfer(self, channel: Channel, offer: dict, memory) -> str:
         try:
+            self.staged = self._stage()
             machine = self._receive(channel, offer["definition"], memory)
         except BaseException:
             self.target.discard()
@@ -151,9 +153,7 @@ class Receiver:
             frame = channel.recv_frame()
             if frame.kind is Kind.MEM:
                 _check_range(frame.a, frame.b, size)
-                memory.prepare_write(frame.a, frame.b)
-                channel.recv_into(memory.view[frame.a:frame.a + frame.b])
-                self.digests.moved(frame.a, frame.a + frame.b)
+                self._receive_memory(channel, memory, frame.a, frame.b)
             elif frame.kind is Kind.ZERO:
                 _check_range(frame.a, frame.b, size)
                 memory.zero(frame.a, frame.b)
@@ -168,13 +168,36 @@ class Receiver:
                 sections[head["name"]] = Section(head["name"], frame.aux, data)
             elif frame.kind is Kind.ROUND:
                 channel.recv_message(frame)
+                channel.send(Kind.ROUND_OK)  # before the hashing, which the next round overlaps
                 self.digests.refresh()
             elif frame.kind is Kind.PREPARE:
                 return self._prepare(channel, channel.recv_message(frame), definition, memory, sections)
             else:
                 raise ProtocolError(f"unexpected {frame.kind.name} while receiving")
 
+    def _stage(self) -> str | None:
+        """Write what the commit needs now, while the first memory is on its way, rather than in
+        the downtime; why it failed, if it did, goes to the source at PREPARE. The staged record
+        is published only by the commit's rename, so writing it early promises nothing."""
+        try:
+            self.target.ready()
+        except (FerryError, OSError) as err:
+            return str(err)
+        return None
+
+    def _receive_memory(self, channel: Channel, memory, start: int, length: int) -> None:
+        """Into guest RAM at once; a whole chunk is hashed as it lands, while the source sends the
+        next, so that PREPARE only hashes chunks that arrived in parts."""
+        memory.prepare_write(start, length)
+        view = memory.view[start:start + length]
+        channel.recv_into(view)
+        if length == fmt.CHUNK_SIZE and start % fmt.CHUNK_SIZE == 0:
+            self.digests.known(start, fmt.digest(view))
+        else:
+            self.digests.moved(start, start + length)
+
     def _prepare(self, channel: Channel, message: dict, definition: dict, memory, sections):
+        laps = Laps()
         wanted = message["chunks"]
         have = self.digests.refresh()
         for index, (want, got) in enumerate(zip(wanted, have)):
@@ -182,12 +205,15 @@ class Receiver:
                 return self._fail(channel, f"memory chunk {index} differs from the source's")
         if len(wanted) != len(have):
             return self._fail(channel, f"source sent {len(wanted)} chunk digests, expected {len(have)}")
+        laps.lap("check")
         try:
+            if self.staged:
+                raise FerryError(self.staged)
             machine = self.target.build(definition, memory, sections)
-            self.target.ready()
+            laps.lap("build")
         except (FerryError, ValueError, OSError) as err:
             return self._fail(channel, f"cannot build the VM here: {err}")
-        channel.send(Kind.PREPARED)
+        channel.send(Kind.PREPARED, {"parts": laps.parts})
         return machine
 
     def _fail(self, channel: Channel, reason: str):
@@ -224,11 +250,13 @@ class Receiver:
         return "aborted"
 
     def _commit(self, channel: Channel, machine, definition: dict) -> str:
+        laps = Laps()
         self.target.commit(machine, definition)
+        laps.lap("commit")
         with self.lock:
             self.state = "committed"
         try:
-            channel.send(Kind.DONE)
+            channel.send(Kind.DONE, {"parts": laps.parts})
         except LinkError:
             pass  # the source will ask, and hear "committed"
         self._answer_queued()

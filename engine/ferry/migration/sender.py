@@ -19,10 +19,15 @@ from ..snapshot import format as fmt
 from . import protocol
 from ..snapshot.digests import ChunkDigests
 from .interfaces import LiveSource, Source
+from .laps import Laps
 from .protocol import Kind, PeerFailed, ProtocolError
 from .transport import Channel, LinkError
 
 THROTTLE_START, THROTTLE_STEP, THROTTLE_MAX = 0.20, 0.10, 0.99
+# Once the rest fits the downtime target, one more round while the guest runs still pays if the
+# rest shrank to at most half the round before: it trades a long copy in the pause for a short one.
+MAX_ROUNDS = 4        # pre-copy rounds, the first pass included, before the pause at the latest
+SHORT_COPY_MS = 5.0   # a last copy this short is not worth another round
 RESOLVE_TIMEOUT = 60.0
 
 
@@ -62,9 +67,29 @@ class Report:
     stop_copy_ms: float = 0.0   # pause to last section sent
     prepare_ms: float = 0.0     # PREPARE to PREPARED: the destination checks and builds
     commit_ms: float = 0.0      # COMMIT to DONE: the destination records and starts
+    setup_ms: float = 0.0       # start to the first memory sent
+    setup_parts: dict = field(default_factory=dict)     # ms: connect, handshake, begin, scan, accept
+    downtime_parts: dict = field(default_factory=dict)  # ms, in order; see DOWNTIME_PARTS
     bytes_on_wire: int = 0
     throttle: float = 0.0
     outcome: str = ""
+
+
+# The downtime's steps, in the order they happen; each in ms, together the whole downtime.
+# "in_flight" and "commit_link" are what the round trips took beyond the destination's own
+# steps: the memory still on its way when the source sent PREPARE, and the link's latency.
+DOWNTIME_PARTS = {
+    "pause": "source: pause the vCPUs and read the last dirty log",
+    "last_send": "source: send the last dirty memory",
+    "device_state": "source: capture and send the device state",
+    "digests": "source: hash the chunks the last send touched",
+    "in_flight": "link: memory still in flight, and the PREPARE round trip",
+    "check": "destination: hash what it still must and compare every chunk digest",
+    "build": "destination: apply the device state to its paused machine",
+    "handover": "source: record the handover durably",
+    "commit_link": "link: the COMMIT round trip",
+    "commit": "destination: publish the VM (rename, sync) and start its vCPUs",
+}
 
 
 def handshake(channel: Channel, token: bytes) -> dict:
@@ -94,6 +119,7 @@ class Sender:
         self.on_progress = on_progress
         self.report = Report(options.mode)
         self.prepare_sent = False
+        self.downtime: Laps | None = None  # from the pause on
         self.started = time.monotonic()
         self.progress = {"phase": "connecting", "bytes_sent": 0, "bytes_total": 0, "rate": 0.0,
                          "dirty_rate": 0.0, "round": 0, "throttle": 0.0, "eta_s": None}
@@ -101,17 +127,26 @@ class Sender:
     # --- the whole migration ---
 
     def run(self, definition: dict) -> Report:
+        self.setup = Laps()
         channel = self.connect()
         try:
+            self.setup.lap("connect")
             handshake(channel, self.options.token)
+            self.setup.lap("handshake")
             self.source.begin(self.options.mode == "live")
             self.digests = ChunkDigests(self.source.memory.size, self.source.memory.read)
+            self.setup.lap("begin")
             channel.send(Kind.OFFER, {"definition": definition, "memory": self.source.memory.size,
                                       "mode": self.options.mode})
+            # While the destination makes room: a live migration's first pass is known already.
+            self.used = self.source.memory.used_ranges() if self.options.mode == "live" else []
+            self.setup.lap("scan")
             channel.expect(Kind.ACCEPT)
+            self.setup.lap("accept")
             self._transfer(channel)
             # Refused when the VM was powered off meanwhile (a cancel): then no COMMIT may go.
             self.source.handover()
+            self.downtime.lap("handover")
         except BaseException:
             channel.close()
             if self.prepare_sent:
@@ -132,49 +167,64 @@ class Sender:
     def _transfer(self, channel: Channel) -> None:
         live = self.options.mode == "live"
         leftover = self._precopy(channel) if live else []
+        if not live:
+            self._setup_done()
         self._set(phase="stop-and-copy")
-        paused_at = time.monotonic()
+        self.downtime = Laps()
+        self.paused_at = self.downtime.last
         final = self.source.pause()
         if not live:
             final = self.source.memory.used_ranges()
+        self.downtime.lap("pause")
         self.report.final_bytes = self._send_ranges(channel, merge(leftover + final))
+        self.downtime.lap("last_send")
         for section in self.source.sections():
             channel.send_section(section.name, section.version, fmt.digest(section.data), section.data)
+        self.downtime.lap("device_state")
         self.prepare_sent = True
         digests = self.digests.refresh()
-        self.report.stop_copy_ms = (time.monotonic() - paused_at) * 1000
-        asked = time.monotonic()
+        self.downtime.lap("digests")
+        self.report.stop_copy_ms = sum(self.downtime.parts.values())
         channel.send(Kind.PREPARE, {"chunks": digests})
-        channel.expect(Kind.PREPARED)
-        self.report.prepare_ms = (time.monotonic() - asked) * 1000
-        self.paused_at = paused_at
+        _, prepared = channel.expect(Kind.PREPARED)
+        self.report.prepare_ms = self._peer_laps(self.downtime.lap("in_flight"), "in_flight", prepared["parts"])
 
     # --- pre-copy ---
 
     def _precopy(self, channel: Channel) -> list[tuple[int, int]]:
         """Send while the guest runs; return what is still dirty when the rest fits the downtime."""
         self._set(phase="first-pass")
-        used = self.source.memory.used_ranges()
-        self.progress["bytes_total"] = sum(end - start for start, end in used)
-        self._round(channel, used, dirty_bytes=0)
+        self._setup_done()
+        self.progress["bytes_total"] = sum(end - start for start, end in self.used)
+        self._round(channel, self.used, dirty_bytes=0)
         while True:
-            began = time.monotonic()
             dirty = self.source.dirty()
             dirty_bytes = sum(end - start for start, end in dirty)
             rate = max(self.progress["rate"], 1.0)
             self._set(phase="pre-copy", dirty_rate=dirty_bytes / max(time.monotonic() - self._last_dirty, 1e-3),
                       eta_s=dirty_bytes / rate)
-            if dirty_bytes / rate * 1000 <= self.options.max_downtime_ms:
-                return dirty
-            self._check_timeout(dirty_bytes)
-            self._converge()
+            copy_ms = dirty_bytes / rate * 1000
+            if copy_ms <= self.options.max_downtime_ms:
+                if self._last_round(copy_ms, dirty_bytes):
+                    return dirty
+            else:
+                self._check_timeout(dirty_bytes)
+                self._converge()
             self._round(channel, dirty, dirty_bytes)
-            channel.send(Kind.ROUND, {"round": len(self.report.rounds), "dirty": dirty_bytes,
-                                      "waited_ms": (time.monotonic() - began) * 1000})
+
+    def _last_round(self, copy_ms: float, dirty_bytes: int) -> bool:
+        """The rest fits the downtime target: pause now, or is one more round worth it?"""
+        shrinking = dirty_bytes * 2 <= self.report.rounds[-1].bytes
+        return copy_ms <= SHORT_COPY_MS or len(self.report.rounds) >= MAX_ROUNDS or not shrinking
 
     def _round(self, channel: Channel, ranges, dirty_bytes: int) -> None:
+        """One pass over ``ranges``, over once the destination holds all of it: so the pause
+        never waits for memory still in the socket buffers, and the rate is the link's."""
         began = time.monotonic()
         sent = self._send_ranges(channel, ranges)
+        channel.send(Kind.ROUND, {"round": len(self.report.rounds), "dirty": dirty_bytes,
+                                  "waited_ms": (time.monotonic() - began) * 1000})
+        channel.expect(Kind.ROUND_OK)
         took = max(time.monotonic() - began, 1e-6)
         self._last_dirty = began
         self.report.rounds.append(Round(len(self.report.rounds), sent, took * 1000, dirty_bytes,
@@ -235,10 +285,9 @@ class Sender:
 
     def _commit(self, channel: Channel) -> str:
         try:
-            asked = time.monotonic()
             channel.send(Kind.COMMIT)
-            channel.expect(Kind.DONE)
-            self.report.commit_ms = (time.monotonic() - asked) * 1000
+            _, done = channel.expect(Kind.DONE)
+            self.report.commit_ms = self._peer_laps(self.downtime.lap("commit_link"), "commit_link", done["parts"])
             self._downtime()
             return "committed"
         except (LinkError, ProtocolError):
@@ -287,6 +336,20 @@ class Sender:
 
     def _downtime(self) -> None:
         self.report.downtime_ms = (time.monotonic() - self.paused_at) * 1000
+        if self.downtime:  # a migration resolved by a later `ferry migrate --resolve` has none
+            parts = self.downtime.parts
+            self.report.downtime_parts = {name: parts[name] for name in DOWNTIME_PARTS if name in parts}
+
+    def _peer_laps(self, took: float, name: str, theirs: dict) -> float:
+        """Split a round trip's ``took`` ms into the destination's own steps and the rest (``name``)."""
+        ours = self.downtime.parts
+        ours[name] = round(max(took - sum(theirs.values()), 0.0), 3)
+        ours.update(theirs)
+        return took
+
+    def _setup_done(self) -> None:
+        self.report.setup_parts = dict(self.setup.parts)
+        self.report.setup_ms = sum(self.setup.parts.values())
 
     # --- progress ---
 

@@ -158,6 +158,58 @@ def test_every_byte_and_section_arrives_and_the_handover_commits(mode):
         assert "dirty" not in source.calls and report.rounds == []
 
 
+def test_the_report_splits_the_downtime_into_its_steps_in_order():
+    _, _, report, _ = migrate("live")
+    parts = report.downtime_parts
+    assert list(parts) == list(sender.DOWNTIME_PARTS), "every step, in the order they happen"
+    assert all(value >= 0 for value in parts.values())
+    # The steps follow one another without gaps: together they are the downtime.
+    assert sum(parts.values()) == pytest.approx(report.downtime_ms, abs=5)
+    assert report.stop_copy_ms == pytest.approx(sum(parts[name] for name in ("pause", "last_send", "device_state",
+                                                                             "digests")))
+    assert list(report.setup_parts) == ["connect", "handshake", "begin", "scan", "accept"]
+    assert report.setup_ms == pytest.approx(sum(report.setup_parts.values()))
+    assert 0 < report.setup_ms < report.total_ms
+
+
+def test_a_destination_that_cannot_stage_fails_at_prepare_and_the_source_resumes():
+    source, target, listener = FakeSource(), FakeTarget(), PairListener()
+
+    def full_disk():
+        raise OSError(28, "No space left on device")
+
+    target.ready = full_disk
+    receiver = Receiver(listener, TOKEN, target, accept_timeout=30)
+    outcome = []
+    thread = threading.Thread(target=lambda: outcome.append(receiver.run()), daemon=True)
+    thread.start()
+    with pytest.raises(PeerFailed, match="cannot build the VM here: .*No space left on device"):
+        sender.Sender(source, listener.connect, sender.Options(token=TOKEN)).run({"name": "vm1"})
+    thread.join(30)
+    assert outcome == ["aborted"] and target.steps[-1] == "discard"
+    assert "resume" in source.calls and "handover" not in source.calls
+
+
+def rounds_taken(dirty_sizes, bytes_per_s=500e6, max_downtime_ms=300.0) -> int:
+    """How many pre-copy rounds (first pass included) the sender takes before the pause when
+    each round leaves the next of ``dirty_sizes`` bytes dirty, the link moving ``bytes_per_s``."""
+    worker = sender.Sender(FakeSource(), None, sender.Options(max_downtime_ms=max_downtime_ms))
+    worker.report.rounds.append(sender.Round(0, 100 * MIB, 100, 0, 0))
+    for dirty in dirty_sizes:
+        if dirty / bytes_per_s * 1000 <= max_downtime_ms and worker._last_round(dirty / bytes_per_s * 1000, dirty):
+            break
+        worker.report.rounds.append(sender.Round(len(worker.report.rounds), dirty, 1, dirty, 0))
+    return len(worker.report.rounds)
+
+
+def test_pre_copy_goes_on_while_the_rest_halves_and_is_worth_a_round():
+    assert rounds_taken([20 * MIB, 4 * MIB, 1 * MIB]) == 3, "20 and 4 MiB halved and take over 5 ms: two more rounds"
+    assert rounds_taken([1 * MIB]) == 1, "a 1 ms copy is not worth another round"
+    assert rounds_taken([40 * MIB, 30 * MIB]) == 2, "30 MiB after 40 did not halve: pause now"
+    assert rounds_taken([40 * MIB, 20 * MIB, 10 * MIB, 5 * MIB, 2 * MIB]) == sender.MAX_ROUNDS
+    assert rounds_taken([400 * MIB, 30 * MIB], max_downtime_ms=300) == 3, "over the target, rounds go on anyway"
+
+
 def test_a_wrong_token_is_refused_and_the_source_resumes():
     source, target, listener = FakeSource(), FakeTarget(), PairListener()
     receiver = Receiver(listener, TOKEN, target, accept_timeout=2)
