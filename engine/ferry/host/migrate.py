@@ -44,6 +44,7 @@ class SourceVm:
         self.vmdir = vmdir
         self.to = to
         self.memory: SourceMemory | None = None
+        self._sections: list = []
         self._last_progress = 0.0
 
     def call(self, op: str, **args):
@@ -69,10 +70,12 @@ class SourceVm:
         self.call("migration-throttle", share=share)
 
     def pause(self):
-        return [tuple(r) for r in self.call("migration-pause")[0]["ranges"]]
+        answer = self.call("migration-pause")[0]
+        self._sections = decode_sections(answer["sections"])  # captured in the pause
+        return [tuple(r) for r in answer["ranges"]]
 
     def sections(self):
-        return decode_sections(self.call("migration-sections")[0]["sections"])
+        return self._sections
 
     def resume(self) -> None:
         try:

@@ -28,6 +28,7 @@ THROTTLE_START, THROTTLE_STEP, THROTTLE_MAX = 0.20, 0.10, 0.99
 # rest shrank to at most half the round before: it trades a long copy in the pause for a short one.
 MAX_ROUNDS = 4        # pre-copy rounds, the first pass included, before the pause at the latest
 SHORT_COPY_MS = 5.0   # a last copy this short is not worth another round
+SETUP_PARTS = ("connect", "handshake", "begin", "scan", "accept")  # in order, as in the report
 RESOLVE_TIMEOUT = 60.0
 
 
@@ -68,7 +69,7 @@ class Report:
     prepare_ms: float = 0.0     # PREPARE to PREPARED: the destination checks and builds
     commit_ms: float = 0.0      # COMMIT to DONE: the destination records and starts
     setup_ms: float = 0.0       # start to the first memory sent
-    setup_parts: dict = field(default_factory=dict)     # ms: connect, handshake, begin, scan, accept
+    setup_parts: dict = field(default_factory=dict)     # ms, in order; see SETUP_PARTS
     downtime_parts: dict = field(default_factory=dict)  # ms, in order; see DOWNTIME_PARTS
     bytes_on_wire: int = 0
     throttle: float = 0.0
@@ -79,9 +80,9 @@ class Report:
 # "in_flight" and "commit_link" are what the round trips took beyond the destination's own
 # steps: the memory still on its way when the source sent PREPARE, and the link's latency.
 DOWNTIME_PARTS = {
-    "pause": "source: pause the vCPUs and read the last dirty log",
+    "pause": "source: pause the vCPUs, read the last dirty log, capture the device state",
     "last_send": "source: send the last dirty memory",
-    "device_state": "source: capture and send the device state",
+    "device_state": "source: send the device state",
     "digests": "source: hash the chunks the last send touched",
     "in_flight": "link: memory still in flight, and the PREPARE round trip",
     "check": "destination: hash what it still must and compare every chunk digest",
