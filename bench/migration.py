@@ -673,7 +673,8 @@ def notes_for(workload: Workload, fr: dict, qr: dict | None) -> list[str]:
 
 def where_the_time_went(reports: list[dict]) -> list[str]:
     """Ferry's downtime and setup by step (the report's ``downtime_parts`` and ``setup_parts``),
-    medians over the measured migrations, in the order the steps happen."""
+    in the order the steps happen, and where its first pass spent its time on either end
+    (``rounds[0].parts``): medians over the measured migrations."""
     lines = []
     for label, parts_key, whole_key, order in (("downtime", "downtime_parts", "downtime_ms", DOWNTIME_PARTS),
                                                ("setup", "setup_parts", "setup_ms", SETUP_PARTS)):
@@ -684,6 +685,14 @@ def where_the_time_went(reports: list[dict]) -> list[str]:
                           for name in order if name in found[0])
         whole = statistics.median(r[whole_key] for r in reports if r.get(parts_key))
         lines.append(f"Ferry's {label} by step, median ms: {steps} (of {whole:.1f})")
+    firsts = [r["rounds"][0] for r in reports if r.get("rounds") and r["rounds"][0].get("parts")]
+    for side in ("source", "destination"):
+        found = [first["parts"][side] for first in firsts]
+        if found:
+            steps = ", ".join(f"{name} {statistics.median(parts.get(name, 0.0) for parts in found):.1f}"
+                              for name in found[0])
+            whole = statistics.median(first["duration_ms"] for first in firsts)
+            lines.append(f"Ferry's first pass on the {side}, median ms: {steps} (of {whole:.1f})")
     return lines
 
 

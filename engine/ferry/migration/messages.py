@@ -164,7 +164,7 @@ TO_SOURCE = {
     Kind.AUTH_FAIL: Schema(reason=REASON),
     Kind.ACCEPT: Schema(),
     Kind.REFUSE: Schema(reason=REASON),
-    Kind.ROUND_OK: Schema(),
+    Kind.ROUND_OK: Schema(parts=PARTS),
     Kind.PREPARED: Schema(parts=PARTS),
     Kind.FAIL: Schema(reason=REASON),
     Kind.DONE: Schema(parts=PARTS),

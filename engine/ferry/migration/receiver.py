@@ -149,6 +149,7 @@ class Receiver:
         state_bytes = 0
         size = memory.size if memory else 0
         self.digests = ChunkDigests(size, lambda start, length: memory.view[start:start + length])
+        self.steps = Laps()  # this round's, for ROUND_OK
         while True:
             frame = channel.recv_frame()
             if frame.kind is Kind.MEM:
@@ -168,7 +169,10 @@ class Receiver:
                 sections[head["name"]] = Section(head["name"], frame.aux, data)
             elif frame.kind is Kind.ROUND:
                 channel.recv_message(frame)
-                channel.send(Kind.ROUND_OK)  # before the hashing, which the next round overlaps
+                self.steps.lap("wait")
+                # Before the hashing, which the next round overlaps.
+                channel.send(Kind.ROUND_OK, {"parts": self.steps.parts})
+                self.steps = Laps()
                 self.digests.refresh()
             elif frame.kind is Kind.PREPARE:
                 return self._prepare(channel, channel.recv_message(frame), definition, memory, sections)
@@ -188,11 +192,15 @@ class Receiver:
     def _receive_memory(self, channel: Channel, memory, start: int, length: int) -> None:
         """Into guest RAM at once; a whole chunk is hashed as it lands, while the source sends the
         next, so that PREPARE only hashes chunks that arrived in parts."""
+        self.steps.lap("wait")
         memory.prepare_write(start, length)
+        self.steps.lap("populate")
         view = memory.view[start:start + length]
         channel.recv_into(view)
+        self.steps.lap("receive")
         if length == fmt.CHUNK_SIZE and start % fmt.CHUNK_SIZE == 0:
             self.digests.known(start, fmt.digest(view))
+            self.steps.lap("hash")
         else:
             self.digests.moved(start, start + length)
 

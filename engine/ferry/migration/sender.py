@@ -56,6 +56,10 @@ class Round:
     duration_ms: float
     dirty_bytes: int
     throttle: float
+    # Where the round's time went, ms: the source's read, digest, send (blocked while the
+    # socket is full) and sync (ROUND to ROUND_OK); the destination's wait (for the next
+    # chunk), populate (its pages allocated), receive (out of the socket) and hash.
+    parts: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -121,6 +125,7 @@ class Sender:
         self.report = Report(options.mode)
         self.prepare_sent = False
         self.downtime: Laps | None = None  # from the pause on
+        self.steps = Laps()                # the current round's, for Round.parts
         self.started = time.monotonic()
         self.progress = {"phase": "connecting", "bytes_sent": 0, "bytes_total": 0, "rate": 0.0,
                          "dirty_rate": 0.0, "round": 0, "throttle": 0.0, "eta_s": None}
@@ -221,15 +226,18 @@ class Sender:
     def _round(self, channel: Channel, ranges, dirty_bytes: int) -> None:
         """One pass over ``ranges``, over once the destination holds all of it: so the pause
         never waits for memory still in the socket buffers, and the rate is the link's."""
-        began = time.monotonic()
+        self.steps = Laps()
+        began = self.steps.last
         sent = self._send_ranges(channel, ranges)
         channel.send(Kind.ROUND, {"round": len(self.report.rounds), "dirty": dirty_bytes,
                                   "waited_ms": (time.monotonic() - began) * 1000})
-        channel.expect(Kind.ROUND_OK)
+        _, done = channel.expect(Kind.ROUND_OK)
+        self.steps.lap("sync")
         took = max(time.monotonic() - began, 1e-6)
         self._last_dirty = began
         self.report.rounds.append(Round(len(self.report.rounds), sent, took * 1000, dirty_bytes,
-                                        self.progress["throttle"]))
+                                        self.progress["throttle"],
+                                        {"source": dict(self.steps.parts), "destination": done["parts"]}))
         self.digests.refresh()
         self._set(round=len(self.report.rounds), rate=sent / took if sent > 1 << 20 else self.progress["rate"])
 
@@ -265,7 +273,10 @@ class Sender:
     def _send_piece(self, channel: Channel, memory, start: int, length: int) -> int:
         """Send one piece within a chunk; a whole chunk is hashed, and sent as a range if zero."""
         if length == fmt.CHUNK_SIZE:
-            digest = fmt.digest(memory.read(start, length))
+            data = memory.read(start, length)
+            self.steps.lap("read")
+            digest = fmt.digest(data)
+            self.steps.lap("digest")
             self.digests.known(start, digest)
             if digest == fmt.ZERO_CHUNK_DIGEST:
                 channel.send_zero(start, length)
@@ -273,6 +284,7 @@ class Sender:
         else:
             self.digests.moved(start, start + length)
         channel.send_memory(start, length, memory)
+        self.steps.lap("send")
         return length
 
     def _pace(self, channel: Channel) -> None:

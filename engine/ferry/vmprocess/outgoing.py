@@ -53,7 +53,9 @@ class Outgoing:
         session["migration"] = self
         self.progress = {}
         self.to = str(request.get("to"))
-        self._record(ops.PRECOPY, to=self.to, started_at=time.time())
+        # Not synced, as stop-and-copy: pre-copy lasts only as long as this process (a record
+        # found after a crash reads as no migration at all), so an fsync here would only slow the start.
+        self._record(ops.PRECOPY, durable=False, to=self.to, started_at=time.time())
         if self.live:
             memio.set_dirty_logging(self.machine, True)
         memory = self.machine.memory

@@ -172,6 +172,16 @@ def test_the_report_splits_the_downtime_into_its_steps_in_order():
     assert 0 < report.setup_ms < report.total_ms
 
 
+def test_each_round_says_where_its_time_went_on_both_ends():
+    _, _, report, _ = migrate("live")
+    first = report.rounds[0].parts
+    assert set(first["source"]) == {"read", "digest", "send", "sync"}
+    assert set(first["destination"]) == {"wait", "populate", "receive", "hash"}
+    for side in first.values():
+        assert all(value >= 0 for value in side.values())
+    assert sum(first["source"].values()) <= report.rounds[0].duration_ms + 1
+
+
 def test_a_destination_that_cannot_stage_fails_at_prepare_and_the_source_resumes():
     source, target, listener = FakeSource(), FakeTarget(), PairListener()
 
