@@ -45,6 +45,7 @@ class SourceVm:
         self.to = to
         self.memory: SourceMemory | None = None
         self._sections: list = []
+        self.pause_parts: dict = {}
         self._last_progress = 0.0
 
     def call(self, op: str, **args):
@@ -72,6 +73,7 @@ class SourceVm:
     def pause(self):
         answer = self.call("migration-pause")[0]
         self._sections = decode_sections(answer["sections"])  # captured in the pause
+        self.pause_parts = answer["parts"]
         return [tuple(r) for r in answer["ranges"]]
 
     def sections(self):
@@ -184,6 +186,7 @@ class StoppedVm:
     def __init__(self, vmdir):
         self.vmdir = vmdir
         self.memory = NoMemory()
+        self.pause_parts: dict = {}
 
     def begin(self, live: bool) -> None:
         pass

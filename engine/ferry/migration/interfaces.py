@@ -23,6 +23,7 @@ class Source(Protocol):
     """What every migration needs of the source (a cold one moves a stopped VM)."""
 
     memory: SourceRam
+    pause_parts: dict  # where the last pause's time went, ms (see sender.DOWNTIME_PARTS)
 
     def begin(self, live: bool) -> None: ...
     def pause(self) -> list[tuple[int, int]]: ...        # the last dirty ranges (live), the guest paused

@@ -84,7 +84,10 @@ class Report:
 # "in_flight" and "commit_link" are what the round trips took beyond the destination's own
 # steps: the memory still on its way when the source sent PREPARE, and the link's latency.
 DOWNTIME_PARTS = {
-    "pause": "source: pause the vCPUs, read the last dirty log, capture the device state",
+    "pause": "source VM process: stop the vCPUs, record stop-and-copy",
+    "dirty_scan": "source VM process: read the last dirty log",
+    "capture": "source VM process: capture the device state",
+    "control": "source: the rest of that control call (socket, JSON, the answer decoded)",
     "last_send": "source: send the last dirty memory",
     "device_state": "source: send the device state",
     "digests": "source: hash the chunks the last send touched",
@@ -181,7 +184,7 @@ class Sender:
         final = self.source.pause()
         if not live:
             final = self.source.memory.used_ranges()
-        self.downtime.lap("pause")
+        self._peer_laps(self.downtime.lap("control"), "control", self.source.pause_parts)
         self.report.final_bytes = self._send_ranges(channel, merge(leftover + final))
         self.downtime.lap("last_send")
         for section in self.source.sections():
@@ -354,7 +357,7 @@ class Sender:
             self.report.downtime_parts = {name: parts[name] for name in DOWNTIME_PARTS if name in parts}
 
     def _peer_laps(self, took: float, name: str, theirs: dict) -> float:
-        """Split a round trip's ``took`` ms into the destination's own steps and the rest (``name``)."""
+        """Split a round trip's ``took`` ms into the other end's own steps and the rest (``name``)."""
         ours = self.downtime.parts
         ours[name] = round(max(took - sum(theirs.values()), 0.0), 3)
         ours.update(theirs)

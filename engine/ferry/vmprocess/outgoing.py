@@ -15,6 +15,7 @@ import time
 
 from ..errors import Conflict, FerryError
 from ..machine import state
+from ..migration.laps import Laps
 from ..snapshot import memio
 from ..control import operations as ops
 
@@ -84,16 +85,20 @@ class Outgoing:
 
     def pause(self, request: dict, session: dict) -> dict:
         self.owned(session)
+        laps = Laps()  # the sender's report splits the downtime with these
         self.machine.pause()
         self.machine.set_throttle(0)
         # Not synced: the guest resumes here on any failure, so there is nothing to resolve.
         self._record(ops.STOP_AND_COPY, durable=False)
+        laps.lap("pause")
         ranges = memio.dirty_ranges(self.machine) if self.live else []
+        laps.lap("dirty_scan")
         # The device state as well: it cannot change while the guest is paused, and one
         # answer instead of two keeps a control round trip out of the downtime.
-        return {"ranges": ranges, "sections": [
-            {"name": s.name, "version": s.version, "data": base64.b64encode(s.data).decode()}
-            for s in state.capture(self.machine)]}
+        sections = [{"name": s.name, "version": s.version, "data": base64.b64encode(s.data).decode()}
+                    for s in state.capture(self.machine)]
+        laps.lap("capture")
+        return {"ranges": ranges, "sections": sections, "parts": laps.parts}
 
     def report_progress(self, request: dict, session: dict) -> dict:
         self.owned(session)

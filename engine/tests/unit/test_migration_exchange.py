@@ -36,6 +36,7 @@ class FakeSource:
         self.memory = SourceMemory(SIZE, fd=fd)
         self.calls: list[str] = []
         self.dirtied = 2
+        self.pause_parts: dict = {}
 
     def _note(self, name):
         self.calls.append(name)
@@ -56,6 +57,7 @@ class FakeSource:
 
     def pause(self):
         self._note("pause")
+        self.pause_parts = {"pause": 0.25, "dirty_scan": 0.5, "capture": 0.125}  # as the VM process times them
         return []
 
     def sections(self):
@@ -165,8 +167,9 @@ def test_the_report_splits_the_downtime_into_its_steps_in_order():
     assert all(value >= 0 for value in parts.values())
     # The steps follow one another without gaps: together they are the downtime.
     assert sum(parts.values()) == pytest.approx(report.downtime_ms, abs=5)
-    assert report.stop_copy_ms == pytest.approx(sum(parts[name] for name in ("pause", "last_send", "device_state",
-                                                                             "digests")))
+    source_side = ("pause", "dirty_scan", "capture", "control", "last_send", "device_state", "digests")
+    assert report.stop_copy_ms == pytest.approx(sum(parts[name] for name in source_side))
+    assert (parts["pause"], parts["dirty_scan"], parts["capture"]) == (0.25, 0.5, 0.125)
     assert tuple(report.setup_parts) == sender.SETUP_PARTS
     assert report.setup_ms == pytest.approx(sum(report.setup_parts.values()))
     assert 0 < report.setup_ms < report.total_ms
