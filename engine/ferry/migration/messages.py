@@ -24,6 +24,7 @@ PRE_AUTH_MAX = 4096
 POST_AUTH_MAX = 16 * 1024 * 1024
 MAX_DEPTH = 8
 MAX_MEMORY = 1 << 50  # bytes; far above any host, far below what would overflow an offset
+MAX_CHUNKS = MAX_MEMORY // (2 << 20)
 U32 = (1 << 32) - 1
 U64 = (1 << 64) - 1
 HEX = re.compile(r"[0-9a-f]+")
@@ -151,7 +152,8 @@ TO_DESTINATION = {
     Kind.ROUND: Schema(round=Optional(Int(0, U32), 0), dirty=Optional(Int(0, MAX_MEMORY), 0),
                        waited_ms=Optional(Number(0, 1e12), 0.0)),
     Kind.SECTION: Schema(name=Text(64), checksum=Text(64, hex_digits=True)),
-    Kind.PREPARE: Schema(chunks=List(Text(16, hex_digits=True), MAX_MEMORY // (2 << 20))),
+    Kind.PLAN: Schema(chunks=List(List(Int(0, MAX_CHUNKS), 2, 2), MAX_CHUNKS // 2 + 1)),
+    Kind.PREPARE: Schema(chunks=List(Text(16, hex_digits=True), MAX_CHUNKS)),
     Kind.COMMIT: Schema(),
     Kind.QUERY: Schema(),
     Kind.ABORT: Schema(),

@@ -10,6 +10,8 @@
                     <------------------------------- AUTH_OK {hmac(token, "destination", s, d)}
     OFFER {definition, memory bytes, mode} -------->   capacity check, RAM reserved
                     <------------------------------- ACCEPT | REFUSE {reason}
+    PLAN {chunks: [first, count] runs} ----------->    live: the first pass's chunks, so the
+                                                       destination allocates pages ahead of them
     MEM (offset, length) + raw bytes ------------->    first pass over used memory, guest running
     ZERO (offset, length) ------------------------>    all-zero chunks travel as ranges
     ROUND {round, dirty bytes} ------------------->    after every pre-copy round, the first pass too
@@ -79,6 +81,7 @@ class Kind(enum.IntEnum):
     OUTCOME = 18
     ABORT = 19
     ROUND_OK = 20
+    PLAN = 21
 
 
 class ProtocolError(FerryError):

@@ -21,6 +21,7 @@ from ..snapshot.digests import ChunkDigests
 from .gate import Gate, tell_refusal
 from .interfaces import Target
 from .laps import Laps
+from .populate import Populator
 from .protocol import Kind, ProtocolError
 from .transport import Channel, LinkError, Listener
 
@@ -48,6 +49,7 @@ class Receiver:
         self.state = "waiting"
         self.lock = threading.Lock()
         self.arrivals: queue.Queue = queue.Queue()
+        self.populator: Populator | None = None  # allocating the planned chunks' pages
         self.gate = Gate(listener, token, target.log, self._arrived)
 
     def run(self) -> str:
@@ -145,6 +147,14 @@ class Receiver:
         return self._await_commit(channel, machine, offer["definition"])
 
     def _receive(self, channel: Channel, definition: dict, memory):
+        self.populator = None
+        try:
+            return self._receive_frames(channel, definition, memory)
+        finally:
+            if self.populator:
+                self.populator.stop()
+
+    def _receive_frames(self, channel: Channel, definition: dict, memory):
         sections: dict[str, Section] = {}
         state_bytes = 0
         size = memory.size if memory else 0
@@ -167,6 +177,8 @@ class Receiver:
                 if fmt.digest(data) != head["checksum"]:
                     return self._fail(channel, f"section {head['name']}: checksum mismatch in transit")
                 sections[head["name"]] = Section(head["name"], frame.aux, data)
+            elif frame.kind is Kind.PLAN:
+                self._plan(channel.recv_message(frame)["chunks"], memory)
             elif frame.kind is Kind.ROUND:
                 channel.recv_message(frame)
                 self.steps.lap("wait")
@@ -178,6 +190,16 @@ class Receiver:
                 return self._prepare(channel, channel.recv_message(frame), definition, memory, sections)
             else:
                 raise ProtocolError(f"unexpected {frame.kind.name} while receiving")
+
+    def _plan(self, runs: list[list[int]], memory) -> None:
+        """Allocate the announced chunks' pages ahead of the first pass (once, for RAM that exists)."""
+        if memory is None or self.populator:
+            raise ProtocolError("PLAN: only one, at the start of a migration that moves memory")
+        chunks = (memory.size + fmt.CHUNK_SIZE - 1) // fmt.CHUNK_SIZE
+        for first, count in runs:
+            if count == 0 or first + count > chunks:
+                raise ProtocolError(f"PLAN chunks: {first}+{count} is outside the VM's {chunks} chunks")
+        self.populator = Populator(memory.base_address, runs)
 
     def _stage(self) -> str | None:
         """Write what the commit needs now, while the first memory is on its way, rather than in

@@ -20,6 +20,7 @@ from . import protocol
 from ..snapshot.digests import ChunkDigests
 from .interfaces import LiveSource, Source
 from .laps import Laps
+from .populate import chunk_runs
 from .protocol import Kind, PeerFailed, ProtocolError
 from .transport import Channel, LinkError
 
@@ -151,6 +152,8 @@ class Sender:
             self.used = self.source.memory.used_ranges() if self.options.mode == "live" else []
             self.setup.lap("scan")
             channel.expect(Kind.ACCEPT)
+            if self.used:
+                channel.send(Kind.PLAN, {"chunks": chunk_runs(self.used)})
             self.setup.lap("accept")
             self._transfer(channel)
             # Refused when the VM was powered off meanwhile (a cancel): then no COMMIT may go.

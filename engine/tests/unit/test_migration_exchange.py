@@ -15,6 +15,8 @@ from ferry.machine.state import Section
 from ferry.memory import GuestMemory
 from ferry.migration import interfaces, messages, sender
 from ferry.migration.protocol import PeerFailed
+from ferry.migration.populate import chunk_runs
+from ferry.migration.protocol import ProtocolError
 from ferry.migration.receiver import Receiver
 from ferry.migration.source_memory import SourceMemory
 from ferry.migration.transport import Channel, LinkError
@@ -201,6 +203,41 @@ def test_a_destination_that_cannot_stage_fails_at_prepare_and_the_source_resumes
     thread.join(30)
     assert outcome == ["aborted"] and target.steps[-1] == "discard"
     assert "resume" in source.calls and "handover" not in source.calls
+
+
+def test_the_plan_names_every_chunk_the_first_pass_touches_once():
+    assert chunk_runs([(0, 4096), (MIB, 3 * MIB), (3 * MIB, 5 * MIB + 1), (8 * MIB, 10 * MIB)]) == [[0, 3], [4, 1]]
+    assert chunk_runs([]) == []
+
+
+@pytest.mark.parametrize("runs, named", [
+    ([[3, 2]], r"PLAN chunks: 3\+2 is outside the VM's 4 chunks"),
+    ([[0, 0]], r"PLAN chunks: 0\+0 is outside"),
+    ([[2**40, 1]], "outside the VM's 4 chunks"),
+])
+def test_a_plan_outside_the_vms_ram_is_refused(runs, named):
+    receiver = Receiver(PairListener(), TOKEN, FakeTarget(), accept_timeout=1)
+    memory = GuestMemory(SIZE)
+    with pytest.raises(ProtocolError, match=named):
+        receiver._plan(runs, memory)
+    assert receiver.populator is None, "nothing is allocated for a refused plan"
+    memory.close()
+
+
+def test_a_second_plan_or_one_without_ram_is_refused():
+    receiver = Receiver(PairListener(), TOKEN, FakeTarget(), accept_timeout=1)
+    with pytest.raises(ProtocolError, match="PLAN: only one"):
+        receiver._plan([[0, 1]], None)
+    memory = GuestMemory(SIZE)
+    receiver._plan([[0, 4]], memory)
+    try:
+        with pytest.raises(ProtocolError, match="PLAN: only one"):
+            receiver._plan([[0, 1]], memory)
+    finally:
+        receiver.populator.stop()
+    # The thread allocated every planned page: the RAM reads as zero, in memory now.
+    assert bytes(memory.view[:SIZE]) == bytes(SIZE)
+    memory.close()
 
 
 def rounds_taken(dirty_sizes, bytes_per_s=500e6, max_downtime_ms=300.0) -> int:

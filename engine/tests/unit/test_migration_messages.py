@@ -84,6 +84,18 @@ def test_a_destinations_bad_timings_are_refused_naming_the_field(kind, message, 
         read(kind, message, messages.TO_SOURCE)
 
 
+@pytest.mark.parametrize("message, named", [
+    ({"chunks": [[0, 1, 2]]}, r"PLAN chunks\[0\]: 3 items, allowed 2 to 2"),
+    ({"chunks": [[-1, 1]]}, r"PLAN chunks\[0\]\[0\]: -1 is out of range"),
+    ({"chunks": [["0", 1]]}, r"PLAN chunks\[0\]\[0\]: expected a whole number"),
+    ({"chunks": {"0": 1}}, "PLAN chunks: expected a list"),
+    ({}, "PLAN chunks: required, missing"),
+])
+def test_a_bad_plan_is_refused_naming_the_field(message, named):
+    with pytest.raises(ProtocolError, match=named):
+        read(Kind.PLAN, message)
+
+
 def test_what_a_source_reads_is_checked_too():
     with pytest.raises(ProtocolError, match="OUTCOME state: 'maybe' is not one of"):
         read(Kind.OUTCOME, {"state": "maybe"}, messages.TO_SOURCE)
