@@ -38,6 +38,7 @@ POINTS = {
     "auth-ok": ("back", Kind.AUTH_OK, 0),
     "offer": ("out", Kind.OFFER, 0),
     "accept": ("back", Kind.ACCEPT, 0),
+    "plan": ("out", Kind.PLAN, 0),
     "first pass": ("out", Kind.MEM, 8 * 2**20),
     "round": ("out", Kind.ROUND, 0),
     "round-ok": ("back", Kind.ROUND_OK, 0),
