@@ -21,6 +21,7 @@ import os
 import secrets
 import shutil
 import stat
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ferry.errors import FerryError  # noqa: E402
 from ferry.lab import Lab  # noqa: E402
+from ferry.migration.sender import DOWNTIME_PARTS, SETUP_PARTS  # noqa: E402
 
 from qemu import Qmp, write_cpio  # noqa: E402
 from common import (BANNER, HEARTBEAT, MIB, ROOT, BenchError, Row, SampleError, anchor_missing,  # noqa: E402
@@ -662,10 +664,36 @@ def notes_for(workload: Workload, fr: dict, qr: dict | None) -> list[str]:
         notes.append(f"{workload.key}: the QEMU guest's kernel died on arrival after {len(died)} of "
                      f"{len(completed)} migrations QEMU reported completed, warm-up included (their "
                      f"figures count)")
+    notes += [f"{workload.key}: {line}" for line in where_the_time_went(fr.get("reports", []))]
     for side, result in (("Ferry", fr), ("QEMU", qr)):
         for error in (result or {}).get("errors", []):
             notes.append(f"{workload.key}: {side} failed: {error}")
     return notes
+
+
+def where_the_time_went(reports: list[dict]) -> list[str]:
+    """Ferry's downtime and setup by step (the report's ``downtime_parts`` and ``setup_parts``),
+    in the order the steps happen, and where its first pass spent its time on either end
+    (``rounds[0].parts``): medians over the measured migrations."""
+    lines = []
+    for label, parts_key, whole_key, order in (("downtime", "downtime_parts", "downtime_ms", DOWNTIME_PARTS),
+                                               ("setup", "setup_parts", "setup_ms", SETUP_PARTS)):
+        found = [r[parts_key] for r in reports if r.get(parts_key)]
+        if not found:
+            continue
+        steps = ", ".join(f"{name} {statistics.median(parts.get(name, 0.0) for parts in found):.1f}"
+                          for name in order if name in found[0])
+        whole = statistics.median(r[whole_key] for r in reports if r.get(parts_key))
+        lines.append(f"Ferry's {label} by step, median ms: {steps} (of {whole:.1f})")
+    firsts = [r["rounds"][0] for r in reports if r.get("rounds") and r["rounds"][0].get("parts")]
+    for side in ("source", "destination"):
+        found = [first["parts"][side] for first in firsts]
+        if found:
+            steps = ", ".join(f"{name} {statistics.median(parts.get(name, 0.0) for parts in found):.1f}"
+                              for name in found[0])
+            whole = statistics.median(first["duration_ms"] for first in firsts)
+            lines.append(f"Ferry's first pass on the {side}, median ms: {steps} (of {whole:.1f})")
+    return lines
 
 
 # --- main ---

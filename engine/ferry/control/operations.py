@@ -66,7 +66,6 @@ TABLE: dict[str, tuple[str, tuple[str, ...]]] = {
     "migration-dirty": (SOCKET, (PRECOPY,)),
     "migration-throttle": (SOCKET, (PRECOPY,)),
     "migration-pause": (SOCKET, MOVING),
-    "migration-sections": (SOCKET, (STOP_AND_COPY,)),
     "migration-progress": (SOCKET, (*MOVING, *SETTLING)),
     "migration-resume": (SOCKET, MOVING),
     "migration-handover": (SOCKET, (STOP_AND_COPY,)),

@@ -44,6 +44,8 @@ class SourceVm:
         self.vmdir = vmdir
         self.to = to
         self.memory: SourceMemory | None = None
+        self._sections: list = []
+        self.pause_parts: dict = {}
         self._last_progress = 0.0
 
     def call(self, op: str, **args):
@@ -69,10 +71,13 @@ class SourceVm:
         self.call("migration-throttle", share=share)
 
     def pause(self):
-        return [tuple(r) for r in self.call("migration-pause")[0]["ranges"]]
+        answer = self.call("migration-pause")[0]
+        self._sections = decode_sections(answer["sections"])  # captured in the pause
+        self.pause_parts = answer["parts"]
+        return [tuple(r) for r in answer["ranges"]]
 
     def sections(self):
-        return decode_sections(self.call("migration-sections")[0]["sections"])
+        return self._sections
 
     def resume(self) -> None:
         try:
@@ -181,6 +186,7 @@ class StoppedVm:
     def __init__(self, vmdir):
         self.vmdir = vmdir
         self.memory = NoMemory()
+        self.pause_parts: dict = {}
 
     def begin(self, live: bool) -> None:
         pass

@@ -15,7 +15,7 @@ class SourceRam(Protocol):
     size: int
     fd: int | None  # a memfd the sender may sendfile from, or None
 
-    def read(self, offset: int, length: int) -> bytes: ...
+    def read(self, offset: int, length: int) -> bytes | memoryview: ...  # valid until the next read
     def used_ranges(self) -> list[tuple[int, int]]: ...
 
 
@@ -23,6 +23,7 @@ class Source(Protocol):
     """What every migration needs of the source (a cold one moves a stopped VM)."""
 
     memory: SourceRam
+    pause_parts: dict  # where the last pause's time went, ms (see sender.DOWNTIME_PARTS)
 
     def begin(self, live: bool) -> None: ...
     def pause(self) -> list[tuple[int, int]]: ...        # the last dirty ranges (live), the guest paused

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 from .protocol import Frame, Kind, ProtocolError
 
@@ -23,8 +24,10 @@ PRE_AUTH_MAX = 4096
 POST_AUTH_MAX = 16 * 1024 * 1024
 MAX_DEPTH = 8
 MAX_MEMORY = 1 << 50  # bytes; far above any host, far below what would overflow an offset
+MAX_CHUNKS = MAX_MEMORY // (2 << 20)
 U32 = (1 << 32) - 1
 U64 = (1 << 64) - 1
+HEX = re.compile(r"[0-9a-f]+")
 
 
 def _shown(value) -> str:
@@ -65,7 +68,7 @@ class Text:
             raise ProtocolError(f"{name}: {_shown(value)} is not one of {', '.join(self.choices)}")
         if len(value) > self.longest:
             raise ProtocolError(f"{name}: {len(value)} characters, at most {self.longest} allowed")
-        if self.hex_digits and not (value and all(c in "0123456789abcdef" for c in value)):
+        if self.hex_digits and not HEX.fullmatch(value):
             raise ProtocolError(f"{name}: expected lowercase hex digits, got {_shown(value)}")
         return value
 
@@ -96,6 +99,20 @@ class Mapping:
         return value
 
 
+class Durations:
+    """Named spans of time in milliseconds (a peer's steps, for the report)."""
+
+    def __init__(self, most_keys: int):
+        self.names = Text(32)
+        self.values = Number(0, 1e9)
+        self.most_keys = most_keys
+
+    def check(self, value, name: str):
+        Mapping(self.most_keys).check(value, name)
+        return {self.names.check(key, f"{name} key"): self.values.check(item, f"{name} {_shown(key)}")
+                for key, item in value.items()}
+
+
 class Optional:
     def __init__(self, field, default):
         self.field, self.default = field, default
@@ -124,6 +141,7 @@ NONCE = Text(64, hex_digits=True)
 PROOF = Text(64, hex_digits=True)
 REASON = Optional(Text(1000), "")
 VERSION_NUMBER = Int(0, U32)
+PARTS = Optional(Durations(16), {})
 
 # What a destination reads (sent by a source).
 TO_DESTINATION = {
@@ -134,7 +152,8 @@ TO_DESTINATION = {
     Kind.ROUND: Schema(round=Optional(Int(0, U32), 0), dirty=Optional(Int(0, MAX_MEMORY), 0),
                        waited_ms=Optional(Number(0, 1e12), 0.0)),
     Kind.SECTION: Schema(name=Text(64), checksum=Text(64, hex_digits=True)),
-    Kind.PREPARE: Schema(chunks=List(Text(16, hex_digits=True), MAX_MEMORY // (2 << 20))),
+    Kind.PLAN: Schema(chunks=List(List(Int(0, MAX_CHUNKS), 2, 2), MAX_CHUNKS // 2 + 1)),
+    Kind.PREPARE: Schema(chunks=List(Text(16, hex_digits=True), MAX_CHUNKS)),
     Kind.COMMIT: Schema(),
     Kind.QUERY: Schema(),
     Kind.ABORT: Schema(),
@@ -147,9 +166,10 @@ TO_SOURCE = {
     Kind.AUTH_FAIL: Schema(reason=REASON),
     Kind.ACCEPT: Schema(),
     Kind.REFUSE: Schema(reason=REASON),
-    Kind.PREPARED: Schema(),
+    Kind.ROUND_OK: Schema(parts=PARTS),
+    Kind.PREPARED: Schema(parts=PARTS),
     Kind.FAIL: Schema(reason=REASON),
-    Kind.DONE: Schema(),
+    Kind.DONE: Schema(parts=PARTS),
     Kind.OUTCOME: Schema(state=Text(9, ("committed", "prepared", "aborted"))),
 }
 

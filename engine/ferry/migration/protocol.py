@@ -1,4 +1,4 @@
-"""The migration protocol, version 1.
+"""The migration protocol, version 2.
 
     source (ferry migrate)                          destination (ferry receive)
     ----------------------                          ---------------------------
@@ -10,19 +10,23 @@
                     <------------------------------- AUTH_OK {hmac(token, "destination", s, d)}
     OFFER {definition, memory bytes, mode} -------->   capacity check, RAM reserved
                     <------------------------------- ACCEPT | REFUSE {reason}
+    PLAN {chunks: [first, count] runs} ----------->    live: the first pass's chunks, so the
+                                                       destination allocates pages ahead of them
     MEM (offset, length) + raw bytes ------------->    first pass over used memory, guest running
     ZERO (offset, length) ------------------------>    all-zero chunks travel as ranges
-    ROUND {round, dirty bytes} ------------------->    one per pre-copy round; rounds repeat
-    ...                                                until the rest fits the downtime target
+    ROUND {round, dirty bytes} ------------------->    after every pre-copy round, the first pass too
+                    <------------------------------- ROUND_OK   (all memory before it is in RAM)
+    ...                                                rounds repeat until the rest fits the
+                                                       downtime target (and another would not pay)
     [source pauses the guest]
     MEM ... (last delta)
     SECTION {name, version, checksum} + bytes ---->    the snapshot sections, checksummed
     PREPARE {chunk digests of all RAM} ----------->    checks every section and every chunk,
                                                        stages the "committed" record
-                    <------------------------------- PREPARED   (or FAIL {what})
+                    <------------------------------- PREPARED {parts}  (or FAIL {what})
     [source: phase "handover", guest never resumes here unless told ABORTED]
     COMMIT --------------------------------------->    rename staging -> vms/NAME (the commit), vCPUs start
-                    <------------------------------- DONE
+                    <------------------------------- DONE {parts}
     [source: removes its copy]
 
 Before PREPARED any failure (link, peer, checksum, timeout) aborts: the
@@ -50,8 +54,8 @@ from dataclasses import dataclass
 
 from ..errors import FerryError
 
-VERSION = 1
-MIN_VERSION = 1
+VERSION = 2
+MIN_VERSION = 2  # version 1 had no ROUND_OK
 CAPABILITIES = ("zero-ranges", "sendfile", "auto-converge", "chunk-digests")
 HEADER = struct.Struct("<BxxxIQQ")
 
@@ -76,6 +80,8 @@ class Kind(enum.IntEnum):
     QUERY = 17
     OUTCOME = 18
     ABORT = 19
+    ROUND_OK = 20
+    PLAN = 21
 
 
 class ProtocolError(FerryError):

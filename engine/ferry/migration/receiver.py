@@ -16,10 +16,12 @@ import time
 
 from ..errors import FerryError
 from ..machine.state import Section
-from ..memory import chunks as fmt
+from ..memory import chunks
 from ..memory.digests import ChunkDigests
 from .gate import Gate, tell_refusal
 from .interfaces import Target
+from .laps import Laps
+from .populate import Populator
 from .protocol import Kind, ProtocolError
 from .transport import Channel, LinkError, Listener
 
@@ -47,6 +49,7 @@ class Receiver:
         self.state = "waiting"
         self.lock = threading.Lock()
         self.arrivals: queue.Queue = queue.Queue()
+        self.populator: Populator | None = None  # allocating the planned chunks' pages
         self.gate = Gate(listener, token, target.log, self._arrived)
 
     def run(self) -> str:
@@ -134,6 +137,7 @@ class Receiver:
 
     def _transfer(self, channel: Channel, offer: dict, memory) -> str:
         try:
+            self.staged = self._stage()
             machine = self._receive(channel, offer["definition"], memory)
         except BaseException:
             self.target.discard()
@@ -143,17 +147,24 @@ class Receiver:
         return self._await_commit(channel, machine, offer["definition"])
 
     def _receive(self, channel: Channel, definition: dict, memory):
+        self.populator = None
+        try:
+            return self._receive_frames(channel, definition, memory)
+        finally:
+            if self.populator:
+                self.populator.stop()
+
+    def _receive_frames(self, channel: Channel, definition: dict, memory):
         sections: dict[str, Section] = {}
         state_bytes = 0
         size = memory.size if memory else 0
         self.digests = ChunkDigests(size, lambda start, length: memory.view[start:start + length])
+        self.steps = Laps()  # this round's, for ROUND_OK
         while True:
             frame = channel.recv_frame()
             if frame.kind is Kind.MEM:
                 _check_range(frame.a, frame.b, size)
-                memory.prepare_write(frame.a, frame.b)
-                channel.recv_into(memory.view[frame.a:frame.a + frame.b])
-                self.digests.moved(frame.a, frame.a + frame.b)
+                self._receive_memory(channel, memory, frame.a, frame.b)
             elif frame.kind is Kind.ZERO:
                 _check_range(frame.a, frame.b, size)
                 memory.zero(frame.a, frame.b)
@@ -163,18 +174,60 @@ class Receiver:
                 if state_bytes > MAX_STATE:
                     return self._fail(channel, f"state sections: more than {MAX_STATE} bytes in all")
                 head, data = channel.recv_section(frame)
-                if fmt.digest(data) != head["checksum"]:
+                if chunks.digest(data) != head["checksum"]:
                     return self._fail(channel, f"section {head['name']}: checksum mismatch in transit")
                 sections[head["name"]] = Section(head["name"], frame.aux, data)
+            elif frame.kind is Kind.PLAN:
+                self._plan(channel.recv_message(frame)["chunks"], memory)
             elif frame.kind is Kind.ROUND:
                 channel.recv_message(frame)
+                self.steps.lap("wait")
+                # Before the hashing, which the next round overlaps.
+                channel.send(Kind.ROUND_OK, {"parts": self.steps.parts})
+                self.steps = Laps()
                 self.digests.refresh()
             elif frame.kind is Kind.PREPARE:
                 return self._prepare(channel, channel.recv_message(frame), definition, memory, sections)
             else:
                 raise ProtocolError(f"unexpected {frame.kind.name} while receiving")
 
+    def _plan(self, runs: list[list[int]], memory) -> None:
+        """Allocate the announced chunks' pages ahead of the first pass (once, for RAM that exists)."""
+        if memory is None or self.populator:
+            raise ProtocolError("PLAN: only one, at the start of a migration that moves memory")
+        total = chunks.count(memory.size)
+        for first, count in runs:
+            if count == 0 or first + count > total:
+                raise ProtocolError(f"PLAN chunks: {first}+{count} is outside the VM's {total} chunks")
+        self.populator = Populator(memory.base_address, runs)
+
+    def _stage(self) -> str | None:
+        """Write what the commit needs now, while the first memory is on its way, rather than in
+        the downtime; why it failed, if it did, goes to the source at PREPARE. The staged record
+        is published only by the commit's rename, so writing it early promises nothing."""
+        try:
+            self.target.ready()
+        except (FerryError, OSError) as err:
+            return str(err)
+        return None
+
+    def _receive_memory(self, channel: Channel, memory, start: int, length: int) -> None:
+        """Into guest RAM at once; a whole chunk is hashed as it lands, while the source sends the
+        next, so that PREPARE only hashes chunks that arrived in parts."""
+        self.steps.lap("wait")
+        memory.prepare_write(start, length)
+        self.steps.lap("populate")
+        view = memory.view[start:start + length]
+        channel.recv_into(view)
+        self.steps.lap("receive")
+        if length == chunks.CHUNK_SIZE and start % chunks.CHUNK_SIZE == 0:
+            self.digests.known(start, chunks.digest(view))
+            self.steps.lap("hash")
+        else:
+            self.digests.moved(start, start + length)
+
     def _prepare(self, channel: Channel, message: dict, definition: dict, memory, sections):
+        laps = Laps()
         wanted = message["chunks"]
         have = self.digests.refresh()
         for index, (want, got) in enumerate(zip(wanted, have)):
@@ -182,12 +235,15 @@ class Receiver:
                 return self._fail(channel, f"memory chunk {index} differs from the source's")
         if len(wanted) != len(have):
             return self._fail(channel, f"source sent {len(wanted)} chunk digests, expected {len(have)}")
+        laps.lap("check")
         try:
+            if self.staged:
+                raise FerryError(self.staged)
             machine = self.target.build(definition, memory, sections)
-            self.target.ready()
+            laps.lap("build")
         except (FerryError, ValueError, OSError) as err:
             return self._fail(channel, f"cannot build the VM here: {err}")
-        channel.send(Kind.PREPARED)
+        channel.send(Kind.PREPARED, {"parts": laps.parts})
         return machine
 
     def _fail(self, channel: Channel, reason: str):
@@ -224,11 +280,13 @@ class Receiver:
         return "aborted"
 
     def _commit(self, channel: Channel, machine, definition: dict) -> str:
+        laps = Laps()
         self.target.commit(machine, definition)
+        laps.lap("commit")
         with self.lock:
             self.state = "committed"
         try:
-            channel.send(Kind.DONE)
+            channel.send(Kind.DONE, {"parts": laps.parts})
         except LinkError:
             pass  # the source will ask, and hear "committed"
         self._answer_queued()

@@ -22,6 +22,7 @@ import threading
 
 import pytest
 
+from ferry.migration import protocol
 from ferry.migration.protocol import Kind
 from support.labhost import (PORT, assert_busy, drop_small_disk, exactly_one_copy, fill_disk, free_disk, migrate,
                              one_stopped_copy, receive, receiver_waits_on, small_disk, start_migration, start_vm)
@@ -37,8 +38,10 @@ POINTS = {
     "auth-ok": ("back", Kind.AUTH_OK, 0),
     "offer": ("out", Kind.OFFER, 0),
     "accept": ("back", Kind.ACCEPT, 0),
+    "plan": ("out", Kind.PLAN, 0),
     "first pass": ("out", Kind.MEM, 8 * 2**20),
     "round": ("out", Kind.ROUND, 0),
+    "round-ok": ("back", Kind.ROUND_OK, 0),
     "stop-and-copy": ("out", Kind.SECTION, 0),
     "prepare": ("out", Kind.PREPARE, 0),
     "prepared": ("back", Kind.PREPARED, 0),
@@ -243,9 +246,10 @@ def test_wrong_token_at_the_resolve_step(hosts, tmp_path, token, relay):
 
 VERSIONS = {
     # The source offers only versions newer than the destination speaks.
-    "source too new": ("out", Kind.HELLO, lambda hello: {**hello, "versions": [2, 3]}),
+    "source too new": ("out", Kind.HELLO,
+                       lambda hello: {**hello, "versions": [protocol.VERSION + 1, protocol.VERSION + 2]}),
     # The destination answers with a version the source never offered.
-    "destination too new": ("back", Kind.HELLO, lambda hello: {**hello, "version": 2}),
+    "destination too new": ("back", Kind.HELLO, lambda hello: {**hello, "version": protocol.VERSION + 1}),
 }
 
 

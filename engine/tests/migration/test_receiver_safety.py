@@ -159,7 +159,7 @@ def send_raw(port: int, *chunks: bytes) -> bytes:
     return answer
 
 
-HELLO = message(Kind.HELLO, {"versions": [1, 1]})
+HELLO = message(Kind.HELLO, {"versions": [protocol.VERSION, protocol.VERSION]})
 UNAUTHENTICATED = [
     ([message(Kind.HELLO, {"versions": {}})], "HELLO versions: expected a list"),
     ([frame(Kind.HELLO, b'{"versions": [1, 1e400]}')], "HELLO versions[1]: expected a whole number, got inf"),

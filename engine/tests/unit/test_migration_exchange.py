@@ -15,6 +15,8 @@ from ferry.machine.state import Section
 from ferry.memory import GuestMemory
 from ferry.migration import interfaces, messages, sender
 from ferry.migration.protocol import PeerFailed
+from ferry.migration.populate import chunk_runs
+from ferry.migration.protocol import ProtocolError
 from ferry.migration.receiver import Receiver
 from ferry.migration.source_memory import SourceMemory
 from ferry.migration.transport import Channel, LinkError
@@ -36,6 +38,7 @@ class FakeSource:
         self.memory = SourceMemory(SIZE, fd=fd)
         self.calls: list[str] = []
         self.dirtied = 2
+        self.pause_parts: dict = {}
 
     def _note(self, name):
         self.calls.append(name)
@@ -56,6 +59,7 @@ class FakeSource:
 
     def pause(self):
         self._note("pause")
+        self.pause_parts = {"pause": 0.25, "dirty_scan": 0.5, "capture": 0.125}  # as the VM process times them
         return []
 
     def sections(self):
@@ -156,6 +160,104 @@ def test_every_byte_and_section_arrives_and_the_handover_commits(mode):
         assert "dirty" in source.calls and len(report.rounds) >= 2, "the dirtied pages must take rounds"
     else:
         assert "dirty" not in source.calls and report.rounds == []
+
+
+def test_the_report_splits_the_downtime_into_its_steps_in_order():
+    _, _, report, _ = migrate("live")
+    parts = report.downtime_parts
+    assert list(parts) == list(sender.DOWNTIME_PARTS), "every step, in the order they happen"
+    assert all(value >= 0 for value in parts.values())
+    # The steps follow one another without gaps: together they are the downtime.
+    assert sum(parts.values()) == pytest.approx(report.downtime_ms, abs=5)
+    source_side = ("pause", "dirty_scan", "capture", "control", "last_send", "device_state", "digests")
+    assert report.stop_copy_ms == pytest.approx(sum(parts[name] for name in source_side))
+    assert (parts["pause"], parts["dirty_scan"], parts["capture"]) == (0.25, 0.5, 0.125)
+    assert tuple(report.setup_parts) == sender.SETUP_PARTS
+    assert report.setup_ms == pytest.approx(sum(report.setup_parts.values()))
+    assert 0 < report.setup_ms < report.total_ms
+
+
+def test_each_round_says_where_its_time_went_on_both_ends():
+    _, _, report, _ = migrate("live")
+    first = report.rounds[0].parts
+    assert set(first["source"]) == {"read", "digest", "send", "sync"}
+    assert set(first["destination"]) == {"wait", "populate", "receive", "hash"}
+    for side in first.values():
+        assert all(value >= 0 for value in side.values())
+    assert sum(first["source"].values()) <= report.rounds[0].duration_ms + 1
+
+
+def test_a_destination_that_cannot_stage_fails_at_prepare_and_the_source_resumes():
+    source, target, listener = FakeSource(), FakeTarget(), PairListener()
+
+    def full_disk():
+        raise OSError(28, "No space left on device")
+
+    target.ready = full_disk
+    receiver = Receiver(listener, TOKEN, target, accept_timeout=30)
+    outcome = []
+    thread = threading.Thread(target=lambda: outcome.append(receiver.run()), daemon=True)
+    thread.start()
+    with pytest.raises(PeerFailed, match="cannot build the VM here: .*No space left on device"):
+        sender.Sender(source, listener.connect, sender.Options(token=TOKEN)).run({"name": "vm1"})
+    thread.join(30)
+    assert outcome == ["aborted"] and target.steps[-1] == "discard"
+    assert "resume" in source.calls and "handover" not in source.calls
+
+
+def test_the_plan_names_every_chunk_the_first_pass_touches_once():
+    assert chunk_runs([(0, 4096), (MIB, 3 * MIB), (3 * MIB, 5 * MIB + 1), (8 * MIB, 10 * MIB)]) == [[0, 3], [4, 1]]
+    assert chunk_runs([]) == []
+
+
+@pytest.mark.parametrize("runs, named", [
+    ([[3, 2]], r"PLAN chunks: 3\+2 is outside the VM's 4 chunks"),
+    ([[0, 0]], r"PLAN chunks: 0\+0 is outside"),
+    ([[2**40, 1]], "outside the VM's 4 chunks"),
+])
+def test_a_plan_outside_the_vms_ram_is_refused(runs, named):
+    receiver = Receiver(PairListener(), TOKEN, FakeTarget(), accept_timeout=1)
+    memory = GuestMemory(SIZE)
+    with pytest.raises(ProtocolError, match=named):
+        receiver._plan(runs, memory)
+    assert receiver.populator is None, "nothing is allocated for a refused plan"
+    memory.close()
+
+
+def test_a_second_plan_or_one_without_ram_is_refused():
+    receiver = Receiver(PairListener(), TOKEN, FakeTarget(), accept_timeout=1)
+    with pytest.raises(ProtocolError, match="PLAN: only one"):
+        receiver._plan([[0, 1]], None)
+    memory = GuestMemory(SIZE)
+    receiver._plan([[0, 4]], memory)
+    try:
+        with pytest.raises(ProtocolError, match="PLAN: only one"):
+            receiver._plan([[0, 1]], memory)
+    finally:
+        receiver.populator.stop()
+    # The thread allocated every planned page: the RAM reads as zero, in memory now.
+    assert bytes(memory.view[:SIZE]) == bytes(SIZE)
+    memory.close()
+
+
+def rounds_taken(dirty_sizes, bytes_per_s=500e6, max_downtime_ms=300.0) -> int:
+    """How many pre-copy rounds (first pass included) the sender takes before the pause when
+    each round leaves the next of ``dirty_sizes`` bytes dirty, the link moving ``bytes_per_s``."""
+    worker = sender.Sender(FakeSource(), None, sender.Options(max_downtime_ms=max_downtime_ms))
+    worker.report.rounds.append(sender.Round(0, 100 * MIB, 100, 0, 0))
+    for dirty in dirty_sizes:
+        if dirty / bytes_per_s * 1000 <= max_downtime_ms and worker._last_round(dirty / bytes_per_s * 1000, dirty):
+            break
+        worker.report.rounds.append(sender.Round(len(worker.report.rounds), dirty, 1, dirty, 0))
+    return len(worker.report.rounds)
+
+
+def test_pre_copy_goes_on_while_the_rest_halves_and_is_worth_a_round():
+    assert rounds_taken([20 * MIB, 4 * MIB, 1 * MIB]) == 3, "20 and 4 MiB halved and take over 5 ms: two more rounds"
+    assert rounds_taken([1 * MIB]) == 1, "a 1 ms copy is not worth another round"
+    assert rounds_taken([40 * MIB, 30 * MIB]) == 2, "30 MiB after 40 did not halve: pause now"
+    assert rounds_taken([40 * MIB, 20 * MIB, 10 * MIB, 5 * MIB, 2 * MIB]) == sender.MAX_ROUNDS
+    assert rounds_taken([400 * MIB, 30 * MIB], max_downtime_ms=300) == 3, "over the target, rounds go on anyway"
 
 
 def test_a_wrong_token_is_refused_and_the_source_resumes():

@@ -64,6 +64,38 @@ def test_a_bad_message_is_refused_naming_the_field(kind, message, named):
         read(kind, message)
 
 
+def test_a_destinations_timings_come_back_checked():
+    parts = {"check": 0.5, "build": 2, "ready": 0.01}
+    assert read(Kind.PREPARED, {"parts": parts}, messages.TO_SOURCE) == {"parts": parts}
+    assert read(Kind.DONE, {}, messages.TO_SOURCE) == {"parts": {}}
+    assert read(Kind.ROUND_OK, {"extra": 1}, messages.TO_SOURCE) == {"parts": {}}
+
+
+@pytest.mark.parametrize("kind, message, named", [
+    (Kind.PREPARED, {"parts": [1, 2]}, "PREPARED parts: expected an object"),
+    (Kind.PREPARED, {"parts": {"check": -1}}, "PREPARED parts 'check': -1 is out of range"),
+    (Kind.PREPARED, {"parts": {"check": "fast"}}, "PREPARED parts 'check': expected a finite number"),
+    (Kind.DONE, b'{"parts": {"commit": 1e400}}', "DONE parts 'commit': expected a finite number"),
+    (Kind.DONE, {"parts": {"../" * 20: 1}}, "DONE parts key: 60 characters, at most 32"),
+    (Kind.DONE, {"parts": {f"p{i}": 1 for i in range(17)}}, "DONE parts: 17 keys, at most 16"),
+])
+def test_a_destinations_bad_timings_are_refused_naming_the_field(kind, message, named):
+    with pytest.raises(ProtocolError, match=named):
+        read(kind, message, messages.TO_SOURCE)
+
+
+@pytest.mark.parametrize("message, named", [
+    ({"chunks": [[0, 1, 2]]}, r"PLAN chunks\[0\]: 3 items, allowed 2 to 2"),
+    ({"chunks": [[-1, 1]]}, r"PLAN chunks\[0\]\[0\]: -1 is out of range"),
+    ({"chunks": [["0", 1]]}, r"PLAN chunks\[0\]\[0\]: expected a whole number"),
+    ({"chunks": {"0": 1}}, "PLAN chunks: expected a list"),
+    ({}, "PLAN chunks: required, missing"),
+])
+def test_a_bad_plan_is_refused_naming_the_field(message, named):
+    with pytest.raises(ProtocolError, match=named):
+        read(Kind.PLAN, message)
+
+
 def test_what_a_source_reads_is_checked_too():
     with pytest.raises(ProtocolError, match="OUTCOME state: 'maybe' is not one of"):
         read(Kind.OUTCOME, {"state": "maybe"}, messages.TO_SOURCE)

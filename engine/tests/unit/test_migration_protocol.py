@@ -58,7 +58,7 @@ def test_a_destination_without_the_token_cannot_fool_the_source():
 
     def impostor():
         destination.expect(Kind.HELLO)
-        destination.send(Kind.HELLO, {"version": 1, "nonce": "00"})
+        destination.send(Kind.HELLO, {"version": protocol.VERSION, "nonce": "00"})
         destination.expect(Kind.AUTH)
         destination.send(Kind.AUTH_OK, {"proof": "0" * 64})
 
