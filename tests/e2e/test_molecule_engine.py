@@ -30,6 +30,7 @@ def actions(output: str) -> list[tuple[str, str]]:
     return re.findall(r"^engine > (\w+): (.+?)\s*$", output.split("DETAILS", 1)[-1], re.MULTILINE)
 
 
+@pytest.mark.timeout(MOLECULE_TIMEOUT + 60)
 def test_molecule_test_converges_idempotently_and_verifies(lab_environment):
     run = molecule("test")
 
@@ -40,6 +41,7 @@ def test_molecule_test_converges_idempotently_and_verifies(lab_environment):
     assert "changed: [h1]" in converge, converge[-4000:]
 
 
+@pytest.mark.timeout(3 * MOLECULE_TIMEOUT)
 def test_verify_fails_on_a_host_without_the_engine(lab_environment):
     created = molecule("create")
     try:

@@ -55,6 +55,8 @@ def test_ansible_test_sh_runs_only_sanity_or_units():
     assert proc.stdout.strip() == "ansible-test.sh: runs sanity or units, not integration"
 
 
+# Past pytest.ini's 900 s on a fresh machine: four venvs to make, five units runs, one sanity.
+@pytest.mark.timeout(3600)
 def test_units_on_every_claimed_version_and_sanity_on_the_oldest():
     proc = run("--units", "all", "--sanity", claimed()[0], timeout=3600)
 
