@@ -30,15 +30,20 @@ def environment_problem() -> tuple[str, str] | None:
 
 
 @pytest.fixture(scope="session")
-def lab():
+def lab_environment():
+    """Fails (or skips, as the variable says) where a lab cannot run; links the collection."""
     problem = environment_problem()
     if problem:
         variable, reason = problem
         if os.environ.get(variable) == "1":
             pytest.skip(f"NO LAB: {reason}")
         pytest.fail(f"e2e tests cannot run: {reason} ({variable}=1 skips them instead)")
-    from ferry.lab import Lab
     subprocess.run([os.path.join(ROOT, "scripts", "link-collection.sh")], check=True, stdout=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="session")
+def lab(lab_environment):
+    from ferry.lab import Lab
     directory = tempfile.mkdtemp(prefix="ferry-e2e-")
     lab = Lab(os.path.join(directory, "lab"))
     try:

@@ -1,24 +1,28 @@
 #!/usr/bin/env bash
-# ansible-test sanity for this collection, on what it ships.
+# ansible-test (sanity or units) for this collection, on what it ships.
 #
 # ansible-test needs the collection at .../ansible_collections/ferry/hypervisor,
 # so this builds the collection artifact (galaxy.yml's build_ignore leaves out
 # the venv, labs, benchmarks and build outputs), unpacks it at such a path under
-# a temporary directory and runs there, with each sanity test in its own virtual
+# a temporary directory and runs there, with each test in its own virtual
 # environment (--venv: no docker here) whose requirements ansible-test installs
 # from the package index.
 #
-#   tests/sanity/run.sh [more ansible-test sanity arguments, e.g. --test pep8]
+#   tests/ansible-test.sh sanity|units [more ansible-test arguments, e.g. --test pep8]
 #
 # ANSIBLE_TEST (default: the checkout's .venv/bin/ansible-test) picks the
-# ansible-test; FERRY_SANITY_PYTHON (default 3.11) the Python version.
+# ansible-test, and so the ansible-core version (tests/ansible-versions.sh runs
+# each one the collection claims); FERRY_TEST_PYTHON (default 3.11) the Python version.
 set -euo pipefail
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ansible_test=${ANSIBLE_TEST:-$root/.venv/bin/ansible-test}
-python_version=${FERRY_SANITY_PYTHON:-3.11}
+python_version=${FERRY_TEST_PYTHON:-3.11}
+command=${1:?usage: tests/ansible-test.sh sanity|units [ansible-test arguments]}
+shift
+case $command in sanity|units) ;; *) echo "ansible-test.sh: runs sanity or units, not $command" >&2; exit 2 ;; esac
 
-work=$(mktemp -d /tmp/ferry-sanity.XXXXXX)
+work=$(mktemp -d /tmp/ferry-ansible-test.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 dest=$work/ansible_collections/ferry/hypervisor
 mkdir -p "$dest"
@@ -31,9 +35,11 @@ rm -f "$dest/MANIFEST.json" "$dest/FILES.json"
 # its own style, tests and Python 3.11 floor, that Ansible never imports as
 # plugin code (the engine role builds a wheel from it). The style checks made
 # for plugin code (pep8, pylint, shebang) are skipped for its files. They are
-# listed here rather than in ignore-2.19.txt because the engine's file list
-# changes with every engine commit, and a stale entry fails sanity.
-ignores=$dest/tests/sanity/ignore-2.19.txt
+# listed here rather than in an ignore file because the engine's file list
+# changes with every engine commit, and a stale entry fails sanity. Each
+# ansible-core reads the ignore file of its own minor version.
+minor=$("$ansible_test" --version | sed -n 's/^ansible-test version \([0-9]*\.[0-9]*\).*/\1/p')
+ignores=$dest/tests/sanity/ignore-$minor.txt
 mkdir -p "$(dirname "$ignores")"
 (
     cd "$dest"
@@ -43,6 +49,14 @@ mkdir -p "$(dirname "$ignores")"
     find engine -type f | sort | while read -r path; do
         if [ "$(head -c 2 "$path")" = '#!' ]; then printf '%s shebang!skip\n' "$path"; fi
     done
+    # Before 2.17, sanity wants Python 2's __future__ and __metaclass__ lines in the unit
+    # test modules too (not conftest.py); they run on the controller's Python 3 only (2.17 dropped
+    # both tests).
+    if [ "$(printf '%s\n' "$minor" 2.16 | sort -V | head -1)" = "$minor" ]; then
+        find tests/unit -type f -name 'test_*.py' | sort | while read -r path; do
+            printf '%s future-import-boilerplate!skip\n%s metaclass-boilerplate!skip\n' "$path" "$path"
+        done
+    fi
 ) >> "$ignores"
 
 # ansible-test bootstraps pip into each venv with get-pip.py, which it downloads
@@ -56,7 +70,7 @@ get_pip=$HOME/.ansible/test/cache/get_pip_${pip_version//./_}.py
 if [ ! -s "$get_pip" ]; then
     mkdir -p "$(dirname "$get_pip")"
     cat > "$get_pip" <<'PY'
-"""Stand-in for get-pip.py (written by ferry.hypervisor's tests/sanity/run.sh):
+"""Stand-in for get-pip.py (written by ferry.hypervisor's tests/ansible-test.sh):
 installs pip with ensurepip, then runs pip install with the given arguments."""
 import subprocess
 import sys
@@ -68,10 +82,10 @@ PY
 fi
 
 skips=()
-if [ -d "$dest/changelogs" ] && [ ! -f "$dest/changelogs/config.yaml" ]; then
-    echo "run.sh: changelogs/config.yaml is missing (antsibull-changelog init makes it): skipping the changelog test" >&2
+if [ "$command" = sanity ] && [ -d "$dest/changelogs" ] && [ ! -f "$dest/changelogs/config.yaml" ]; then
+    echo "ansible-test.sh: changelogs/config.yaml is missing (antsibull-changelog init makes it): skipping the changelog test" >&2
     skips+=(--skip-test changelog)
 fi
 
 cd "$dest"
-"$ansible_test" sanity --venv --python "$python_version" --color no "${skips[@]}" "$@"
+"$ansible_test" "$command" --venv --python "$python_version" --color no "${skips[@]}" "$@"

@@ -1,0 +1,70 @@
+"""ansible-test on the older ansible-core versions the collection claims (tests/ansible-versions.sh):
+units on every claimed version, sanity on the oldest; tests/sanity/test_sanity.py is the newest's
+sanity. Each version's venv is made on first use (~/.cache/ferry-hypervisor), then kept."""
+
+import os
+import re
+import subprocess
+
+import pytest
+import yaml
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+SCRIPT = os.path.join(ROOT, "tests", "ansible-versions.sh")
+
+
+def run(*args, timeout=60):
+    return subprocess.run([SCRIPT, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=timeout, check=False)
+
+
+def claimed():
+    return run("--list").stdout.split()
+
+
+def test_the_versions_run_are_those_meta_runtime_claims():
+    floor = yaml.safe_load(open(os.path.join(ROOT, "meta", "runtime.yml")))["requires_ansible"]
+    newest = subprocess.run([os.path.join(ROOT, ".venv", "bin", "ansible-test"), "--version"], stdout=subprocess.PIPE,
+                            text=True, check=True).stdout
+    versions = claimed()
+
+    assert floor == f">={versions[0]}.0"
+    assert newest.startswith(f"ansible-test version {versions[-1]}.")
+    minors = [int(version.split(".")[1]) for version in versions]
+    assert minors == list(range(minors[0], minors[-1] + 1)), versions
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--units", "2.14"], "2.14 is not a claimed ansible-core version"),
+    (["--sanity", "../2.19"], "../2.19 is not a claimed ansible-core version"),
+    (["--units"], "--units needs a list of versions"),
+    (["--everything"], "unknown argument --everything"),
+])
+def test_a_bad_argument_is_one_line_naming_it(args, message):
+    proc = run(*args)
+
+    assert proc.returncode == 2
+    assert proc.stdout.strip().splitlines() == [proc.stdout.strip()] and message in proc.stdout, proc.stdout
+
+
+def test_ansible_test_sh_runs_only_sanity_or_units():
+    proc = subprocess.run([os.path.join(ROOT, "tests", "ansible-test.sh"), "integration"], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=60, check=False)
+
+    assert proc.returncode == 2
+    assert proc.stdout.strip() == "ansible-test.sh: runs sanity or units, not integration"
+
+
+# Past pytest.ini's 900 s on a fresh machine: four venvs to make, five units runs, one sanity.
+@pytest.mark.timeout(3600)
+def test_units_on_every_claimed_version_and_sanity_on_the_oldest():
+    proc = run("--units", "all", "--sanity", claimed()[0], timeout=3600)
+
+    if proc.returncode != 0:
+        problems = [line for line in proc.stdout.splitlines()
+                    if line.startswith(("===", "ERROR", "FATAL", "FAILED", "ansible-versions.sh"))]
+        pytest.fail("ansible-test failed:\n" + "\n".join(problems or proc.stdout.splitlines()[-40:]), pytrace=False)
+    ran = re.findall(r"^=== ansible-core (\S+): (\w+)$", proc.stdout, re.MULTILINE)
+    assert ran == [pair for version in claimed() for pair in
+                   [(version, "units")] + ([(version, "sanity")] if version == claimed()[0] else [])]
+    assert len(re.findall(r"^=+ \d+ passed", proc.stdout, re.MULTILINE)) == len(claimed()), proc.stdout[-3000:]
