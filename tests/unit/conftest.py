@@ -34,3 +34,14 @@ def pytest_collection_modifyitems(items):
         for item in items:
             if "kvm" in item.keywords:
                 item.add_marker(pytest.mark.skip(reason="the built collection has no guest binaries: run from the checkout"))
+
+
+@pytest.fixture
+def venv(tmp_path):
+    """Where the engine role installs the engine. Only its command's presence matters: the
+    tests answer for it (a fake ``run_command``), so the command itself only fails if run."""
+    command = tmp_path / "venv" / "bin" / "ferry"
+    command.parent.mkdir(parents=True)
+    command.write_text("#!/bin/sh\necho 'a fake run_command answers instead of this' >&2\nexit 3\n")
+    command.chmod(0o755)
+    return str(tmp_path / "venv")

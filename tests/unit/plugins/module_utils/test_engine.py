@@ -26,15 +26,6 @@ class Canned:
         return self.answer
 
 
-@pytest.fixture
-def venv(tmp_path):
-    command = tmp_path / "venv" / "bin" / "ferry"
-    command.parent.mkdir(parents=True)
-    command.write_text("#!/bin/sh\nexit 3\n")
-    command.chmod(0o755)
-    return str(tmp_path / "venv")
-
-
 def engine(venv, **answer):
     """An Engine whose run_command is ``Canned(**answer)`` (its ``module``)."""
     return Engine(Canned(**answer), None, venv)

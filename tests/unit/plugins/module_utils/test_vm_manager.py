@@ -28,16 +28,6 @@ NAME = "vm1"
 STATE_DIR = "/var/lib/ferry"
 
 
-@pytest.fixture
-def venv(tmp_path):
-    """Where the engine role installs the engine: only its command's presence matters to the fake."""
-    command = tmp_path / "venv" / "bin" / "ferry"
-    command.parent.mkdir(parents=True)
-    command.write_text("#!/bin/sh\necho 'the fake CLI runs instead of this' >&2\nexit 3\n")
-    command.chmod(0o755)
-    return str(tmp_path / "venv")
-
-
 class FakeFerry:
     """``ferry --json`` over one in-memory VM, as ``module.run_command`` returns it: (rc, stdout,
     stderr), errors as the engine's JSON line. Records each command that changes something."""
