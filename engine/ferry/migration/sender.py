@@ -267,11 +267,8 @@ class Sender:
     def _send_ranges(self, channel: Channel, ranges) -> int:
         memory, sent = self.source.memory, 0
         for start, end in ranges:
-            piece = start
-            while piece < end:
-                length = min(chunks.CHUNK_SIZE - piece % chunks.CHUNK_SIZE, end - piece)
+            for piece, length in chunks.pieces(start, end):
                 sent += self._send_piece(channel, memory, piece, length)
-                piece += length
                 self._pace(channel)
         self.progress["bytes_sent"] = channel.sent
         return sent
