@@ -101,7 +101,8 @@ def verify(host: Host, name: str, snapshot_id: str, progress=None) -> dict:
 def restore_snapshot(host: Host, name: str, snapshot_id: str, as_name: str | None = None, replace: bool = False,
             eager: bool = False, verify_memory: bool = True, timeout: float = START_TIMEOUT,
             overcommit: bool = False, progress=None) -> dict:
-    """Run the VM (or a clone ``as_name``) from a snapshot; ``progress`` hears its digest check."""
+    """Run the VM (or a clone ``as_name``) from a snapshot; ``progress`` hears its digest check
+    and an eager copy-in."""
     timeout = inputs.seconds(timeout)
     vmdir, folder = _folder(host, name, snapshot_id)
     if as_name is not None:
@@ -110,7 +111,7 @@ def restore_snapshot(host: Host, name: str, snapshot_id: str, as_name: str | Non
         host.check_operation("restore", vmdir)
     # Everything is checked before a running VM is touched: a bad snapshot changes nothing.
     snapshot = load(folder, verify_memory, progress)
-    start = Start(eager, timeout, overcommit)
+    start = Start(eager or snapshot.compressed, timeout, overcommit, progress)  # zstd loads eagerly
     if as_name is None:
         return _restore_in_place(host, vmdir, snapshot, replace, start)
     return _restore_as(host, snapshot, as_name, start)
@@ -122,6 +123,7 @@ class Start:
     eager: bool
     timeout: float
     overcommit: bool
+    progress: object = None  # hears an eager copy-in, which the VM process reports
 
 
 def _spawn(host: Host, target, snapshot: reader.Snapshot, start: Start) -> dict:
@@ -129,7 +131,9 @@ def _spawn(host: Host, target, snapshot: reader.Snapshot, start: Start) -> dict:
     extra = ("--restore", str(snapshot.folder)) + (("--eager",) if start.eager else ()) + ("--no-verify",)
     lock = target.start_lock()
     try:
-        host._spawn(target, start.timeout, extra, overcommit=start.overcommit)
+        # A lazy start has nothing to report; no watching thread then, so the launcher may fork.
+        with Watch(progress_file(target.path), start.progress if start.eager else None):
+            host._spawn(target, start.timeout, extra, overcommit=start.overcommit)
     finally:
         os.close(lock)
     return host.describe(target)

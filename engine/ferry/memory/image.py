@@ -112,15 +112,20 @@ class MemoryImage:
             os.close(fd)
             raise
 
-    def load_into(self, memory: GuestMemory) -> None:
-        """Copy the image into fresh guest RAM; its holes stay holes."""
+    def load_into(self, memory: GuestMemory, progress=None) -> None:
+        """Copy the image into fresh guest RAM; its holes stay holes.
+        ``progress("load", done, total)`` hears how far the copy has got."""
+        progress = progress or _no_progress
         if self.compressed:
             for start, data in self._decompressed():
+                progress("load", start, self.size)
                 if chunks.digest(data) != chunks.ZERO_CHUNK_DIGEST:
                     memory.view[start:start + len(data)] = data
             return
         for start, end in chunks.data_ranges(self.fd, self.size):
+            progress("load", start, self.size)
             copy_into(memory.fd, self.fd, start, end)
+        progress("load", self.size, self.size)
 
     def _raw_digests(self, progress) -> list[str]:
         with_data = chunks.with_data(self.fd, self.size)

@@ -18,24 +18,25 @@ from . import format as fmt
 from . import reader
 
 
-def _memory(snapshot: reader.Snapshot, lazy: bool) -> GuestMemory:
+def _memory(snapshot: reader.Snapshot, lazy: bool, progress) -> GuestMemory:
     with reader.reopen_memory(snapshot) as image:
         if lazy and not snapshot.compressed:
             return image.map()
         memory = GuestMemory(snapshot.memory_size)
         try:
-            image.load_into(memory)
+            image.load_into(memory, progress)
         except BaseException:
             memory.close()
             raise
         return memory
 
 
-def build(snapshot: reader.Snapshot, console, spec: MachineSpec, lazy: bool = True) -> Machine:
+def build(snapshot: reader.Snapshot, console, spec: MachineSpec, lazy: bool = True, progress=None) -> Machine:
     """A paused machine holding the snapshot's state, ready to ``start``. ``spec`` must
-    be the snapshot's own shape: each saved vCPU needs its vCPU, the memory its size."""
+    be the snapshot's own shape: each saved vCPU needs its vCPU, the memory its size.
+    ``progress("load", done, total)`` hears an eager copy-in."""
     definition = snapshot.definition
     if (spec.vcpus, spec.memory_mib) != (definition.vcpus, definition.memory):
         raise fmt.SnapshotError(f"snapshot {snapshot.manifest['id']}: saved with {definition.vcpus} vCPUs and "
                                 f"{definition.memory} MiB, cannot restore into {spec.vcpus} and {spec.memory_mib}")
-    return build_from_saved(spec, console, _memory(snapshot, lazy), snapshot.sections)
+    return build_from_saved(spec, console, _memory(snapshot, lazy, progress), snapshot.sections)

@@ -92,7 +92,11 @@ class VmProcess:
         try:
             snapshot = snapshots.load(folder, verify_memory)
             definition = snapshot.definition._replace(name=self.definition.name)
-            self.machine = restore.build(snapshot, self.console, spec_of(definition), lazy=lazy)
+            progress = ProgressWriter(progress_file(self.vmdir.path), "restore")
+            try:
+                self.machine = restore.build(snapshot, self.console, spec_of(definition), lazy, progress)
+            finally:
+                progress.close()
         except BaseException:
             self.server.close()
             raise

@@ -374,6 +374,10 @@ def test_long_snapshot_commands_draw_progress_on_a_terminal_only(ferry, tmp_path
     code, out, drawn = _with_terminal_stderr(ferry, "snapshot", "verify", "vm1", "z")
     assert code == 0 and out.startswith("z: ") and "verified" in out
     assert "vm1 z: verify   [" in drawn, drawn
+    code, out, drawn = _with_terminal_stderr(ferry, "restore", "vm1", "z", "--as", "vm2")
+    assert code == 0 and "vm2" in out, (out, drawn)
+    assert "vm1 z: verify   [" in drawn and "vm1 z: load     [" in drawn, drawn  # the copy-in too
+    assert not (ferry.state_dir / "vms" / "vm2" / "progress.json").exists()
     quiet = ferry.run("snapshot", "create", "vm1", "--snapshot", "q", "--compress")
     assert quiet.code == 0 and quiet.err == "", quiet.err  # not a terminal: nothing more
     assert ferry.run("snapshot", "verify", "vm1", "q").err == ""

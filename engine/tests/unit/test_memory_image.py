@@ -175,17 +175,22 @@ def _ram(memory: GuestMemory) -> bytes:
 @PROPERTY
 @given(writes=spans, compressed=st.booleans())
 def test_an_image_round_trips_raw_or_zstd(tmp_path, writes, compressed):
+    """The RAM loaded is the RAM saved, and the last progress figure is the whole image."""
     path, data = _saved(tmp_path, writes, compressed)
     expected = chunk_digests(SIZE, lambda start, length: data[start:start + length])
+    heard = []
     with _image(path, compressed) as image:
         assert image.digests() == expected
         image.verify(expected)
         memory = GuestMemory(SIZE)
         try:
-            image.load_into(memory)
+            image.load_into(memory, lambda *figures: heard.append(figures))
             assert _ram(memory) == data
         finally:
             memory.close()
+        if not compressed:
+            assert heard[-1] == ("load", SIZE, SIZE)
+        assert all(step == "load" and 0 <= done <= total == SIZE for step, done, total in heard)
         if not compressed:
             mapped = image.map()
             try:
@@ -266,3 +271,4 @@ def test_a_verify_needs_a_digest_for_every_chunk(tmp_path):
     with _image(path, compressed=False) as image:
         with pytest.raises(ValueError):
             image.verify([ZERO_CHUNK_DIGEST] * (chunks.count(SIZE) - 1))
+
