@@ -78,7 +78,10 @@ class AcpiPmState(DeviceState):
 
 
 class AcpiPm(Device):
-    def __init__(self, name: str = "acpi.pm", sci: IrqSetter | None = None,
+    NAME = "acpi.pm"  # its section's name in snapshots and migrations
+    STATE = AcpiPmState
+
+    def __init__(self, name: str = NAME, sci: IrqSetter | None = None,
                  on_poweroff: Callable[[], None] | None = None,
                  on_reset: Callable[[], None] | None = None) -> None:
         if sci is None or on_poweroff is None:

@@ -103,7 +103,10 @@ class I8042State(DeviceState):
 
 
 class I8042(Device):
-    def __init__(self, name: str = "i8042", on_reset: Callable[[], None] | None = None) -> None:
+    NAME = "i8042"  # its section's name in snapshots and migrations
+    STATE = I8042State
+
+    def __init__(self, name: str = NAME, on_reset: Callable[[], None] | None = None) -> None:
         if on_reset is None:
             raise TypeError("I8042 needs an on_reset callback")
         self.name = name

@@ -95,7 +95,10 @@ class RtcState(DeviceState):
 
 
 class Rtc(Device):
-    def __init__(self, name: str = "rtc", clock: Callable[[], float] = time.time,
+    NAME = "rtc"  # its section's name in snapshots and migrations
+    STATE = RtcState
+
+    def __init__(self, name: str = NAME, clock: Callable[[], float] = time.time,
                  nvram: bytes | None = None) -> None:
         self.name = name
         self._clock = clock

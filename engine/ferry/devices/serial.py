@@ -121,7 +121,10 @@ class SerialState(DeviceState):
 
 
 class Serial(Device):
-    def __init__(self, name: str = "serial.com1", irq: IrqSetter | None = None,
+    NAME = "serial.com1"  # its section's name in snapshots and migrations
+    STATE = SerialState
+
+    def __init__(self, name: str = NAME, irq: IrqSetter | None = None,
                  output: Output | None = None) -> None:
         if irq is None or output is None:
             raise TypeError("Serial needs an irq setter and an output")

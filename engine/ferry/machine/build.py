@@ -28,7 +28,7 @@ class SavedMachine:
                              f"{spec.memory_mib} MiB")
         self.machine = Machine(spec, console, memory=memory)
 
-    def load(self, sections: dict[str, Section]) -> Machine:
+    def load(self, sections: list[Section]) -> Machine:
         """The machine, paused and holding ``sections``, ready to ``start``."""
         REGISTRY.apply(self.machine, sections)
         state.notify_clock_jump([vcpu.fd for vcpu in self.machine.vcpus])
@@ -38,7 +38,7 @@ class SavedMachine:
         self.machine.close()
 
 
-def build_from_saved(spec: MachineSpec, console, memory: GuestMemory, sections: dict[str, Section]) -> Machine:
+def build_from_saved(spec: MachineSpec, console, memory: GuestMemory, sections: list[Section]) -> Machine:
     """A paused machine of ``spec`` holding ``memory`` and ``sections``; nothing is left open if it fails."""
     try:
         saved = SavedMachine(spec, console, memory)

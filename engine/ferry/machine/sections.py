@@ -17,13 +17,10 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from ..devices.acpi_pm import AcpiPmState
-from ..devices.i8042 import I8042State
-from ..devices.rtc import RtcState
-from ..devices.serial import SerialState
 from ..errors import FerryError
 from . import state
 from .state import Section
+from .vm import DEVICE_CLASSES
 
 VCPU = "vcpu"
 VCPU_NAME = re.compile(r"vcpu\.(0|[1-9][0-9]{0,5})")
@@ -110,11 +107,12 @@ class Registry:
         return [Section(name, kind.version, kind.capture(machine, name).to_bytes())
                 for kind in self.types for name in kind.names(len(machine.vcpus))]
 
-    def apply(self, machine, sections: dict[str, Section]) -> None:
-        """Write ``sections`` into a freshly built machine: all checked and decoded before any is applied."""
+    def apply(self, machine, sections: list[Section]) -> None:
+        """Write ``sections`` into a freshly built machine: all checked and decoded before any is
+        applied. A list as it arrived, so that a name sent twice is refused, not overwritten."""
         vcpus = len(machine.vcpus)
-        self.check([(section.name, section.version) for section in sections.values()], vcpus)
-        states = {section.name: self.decode(section, vcpus) for section in sections.values()}
+        self.check([(section.name, section.version) for section in sections], vcpus)
+        states = {section.name: self.decode(section, vcpus) for section in sections}
         for kind in self.types:
             for name in kind.names(vcpus):
                 kind.apply(machine, name, states[name])
@@ -160,7 +158,7 @@ def _device(machine, name: str):
     raise SectionError(f"section {name}: this machine has no such device")
 
 
-DEVICE_STATES = {"serial.com1": SerialState, "i8042": I8042State, "rtc": RtcState, "acpi.pm": AcpiPmState}
+DEVICE_STATES = {device.NAME: device.STATE for device in DEVICE_CLASSES}
 
 REGISTRY = Registry([
     SectionType(VCPU, state.VcpuState, _capture_vcpu, _apply_vcpu),

@@ -50,6 +50,10 @@ class Event:
     by_host: bool = False  # host-side stops stay out of the guest's console
 
 
+# The devices every machine has; each saves its state as the section its class names.
+DEVICE_CLASSES = (Serial, I8042, Rtc, AcpiPm)
+
+
 @dataclass
 class Devices:
     serial: Serial
@@ -91,10 +95,10 @@ class Machine:
         return lambda level: self.vm.irq_line(line, level)
 
     def _build_devices(self, console, rtc: Rtc | None) -> Devices:
-        serial = Serial("serial.com1", irq=self._irq(COM1_IRQ), output=console)
-        i8042 = I8042("i8042", on_reset=lambda: self._on_event(GuestEvent.RESET, "guest reset through the i8042"))
-        rtc = rtc or Rtc("rtc")
-        acpi_pm = AcpiPm("acpi.pm", sci=self._irq(SCI_IRQ),
+        serial = Serial(irq=self._irq(COM1_IRQ), output=console)
+        i8042 = I8042(on_reset=lambda: self._on_event(GuestEvent.RESET, "guest reset through the i8042"))
+        rtc = rtc or Rtc()
+        acpi_pm = AcpiPm(sci=self._irq(SCI_IRQ),
                          on_poweroff=lambda: self._on_event(GuestEvent.POWEROFF, "guest powered off through ACPI"))
         self.io_bus.register(COM1, 8, serial)
         self.io_bus.register(I8042_PORT, 5, i8042)

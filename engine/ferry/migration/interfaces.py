@@ -47,7 +47,7 @@ class Target(Protocol):
 
     def check_offer(self, values: dict, memory: int, mode: str) -> None: ...
     def create_memory(self, size: int): ...              # a GuestMemory, or None for a cold migration
-    def build(self, values: dict, memory, sections: dict[str, Section]): ...   # a paused machine
+    def build(self, values: dict, memory, sections: list[Section]): ...   # a paused machine
     def ready(self) -> None: ...                          # everything the commit needs, on disk
     def commit(self, machine, values: dict) -> None: ...  # the one durable step, then run
     def discard(self) -> None: ...

@@ -155,7 +155,7 @@ class Receiver:
                 self.populator.stop()
 
     def _receive_frames(self, channel: Channel, definition: dict, memory):
-        sections: dict[str, Section] = {}
+        sections: list[Section] = []  # as they came: the registry refuses a name sent twice
         state_bytes = 0
         size = memory.size if memory else 0
         self.digests = ChunkDigests(size, lambda start, length: memory.view[start:start + length])
@@ -176,7 +176,7 @@ class Receiver:
                 head, data = channel.recv_section(frame)
                 if chunks.digest(data) != head["checksum"]:
                     return self._fail(channel, f"section {head['name']}: checksum mismatch in transit")
-                sections[head["name"]] = Section(head["name"], frame.aux, data)
+                sections.append(Section(head["name"], frame.aux, data))
             elif frame.kind is Kind.PLAN:
                 self._plan(channel.recv_message(frame)["chunks"], memory)
             elif frame.kind is Kind.ROUND:

@@ -39,4 +39,5 @@ def build(snapshot: reader.Snapshot, console, spec: MachineSpec, lazy: bool = Tr
     if (spec.vcpus, spec.memory_mib) != (definition.vcpus, definition.memory):
         raise fmt.SnapshotError(f"snapshot {snapshot.manifest['id']}: saved with {definition.vcpus} vCPUs and "
                                 f"{definition.memory} MiB, cannot restore into {spec.vcpus} and {spec.memory_mib}")
-    return build_from_saved(spec, console, _memory(snapshot, lazy, progress), snapshot.sections)
+    return build_from_saved(spec, console, _memory(snapshot, lazy, progress),
+                            list(snapshot.sections.values()))

@@ -82,7 +82,7 @@ class Incoming:
             raise
         return memory
 
-    def build(self, values: dict, memory, sections: dict[str, Section]):
+    def build(self, values: dict, memory, sections: list[Section]):
         """The machine built in ``create_memory``, now holding the sections (checked by the registry)."""
         if memory is None:
             return None

@@ -339,6 +339,7 @@ WRONG_SECTIONS = {
     "no vCPU": ([(name, 1) for name in ONE_VCPU if name != "vcpu.0"], "section vcpu.0: missing"),
     "an unknown section": ([(name, 1) for name in ONE_VCPU + ["../../vms/m1"]],
                            "section ../../vms/m1: unknown to this engine"),
+    "one sent twice": ([(name, 1) for name in ONE_VCPU + ["pit"]], "section pit: appears twice"),
 }
 
 

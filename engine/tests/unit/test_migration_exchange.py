@@ -153,7 +153,7 @@ def test_every_byte_and_section_arrives_and_the_handover_commits(mode):
     source, target, report, outcome = migrate(mode)
     assert outcome == ["committed"] and report.outcome == "committed"
     assert bytes(target.memory.view[:SIZE]) == os.pread(source.memory.fd, SIZE, 0)
-    assert sorted(target.sections) == ["serial.com1", "vcpu.0"]
+    assert sorted(section.name for section in target.sections) == ["serial.com1", "vcpu.0"]
     assert target.steps == ["check_offer", "ready", "commit"]
     assert source.calls[0] == "begin" and source.calls[-2:] == ["handover", "finish committed"]
     if mode == "live":

@@ -153,7 +153,7 @@ def test_every_registered_section_round_trips_through_capture_and_apply():
     saved = REGISTRY.capture(source)
     assert [s.name for s in saved] == REGISTRY.names(2)
     target = FakeMachine(2)
-    REGISTRY.apply(target, {s.name: s for s in saved})
+    REGISTRY.apply(target, saved)
     again = {s.name: s for s in REGISTRY.capture(target)}
     for section in saved:
         if section.name != "clock":
@@ -172,7 +172,7 @@ def test_every_registered_section_decodes_to_the_bytes_it_came_from():
 
 def test_a_vcpu_is_written_in_the_order_kvm_needs():
     target = FakeMachine(1)
-    REGISTRY.apply(target, {s.name: s for s in REGISTRY.capture(running_machine(1))})
+    REGISTRY.apply(target, REGISTRY.capture(running_machine(1)))
     order = target.vcpus[0].fd.order
     assert order.index("sregs") < order.index("regs")
     assert order.index("lapic") < order.index("msrs") < order.index("vcpu_events")
@@ -244,8 +244,8 @@ def test_a_section_named_twice_is_refused():
 
 
 def test_nothing_is_applied_when_any_section_is_malformed():
-    sections = {s.name: s for s in REGISTRY.capture(running_machine())}
-    sections["acpi.pm"] = Section("acpi.pm", 1, b'{"nope": 1}')
+    sections = [s if s.name != "acpi.pm" else Section("acpi.pm", 1, b'{"nope": 1}')
+                for s in REGISTRY.capture(running_machine())]
     target = FakeMachine(2)
     with pytest.raises(ValueError, match="acpi.pm"):
         REGISTRY.apply(target, sections)
@@ -315,8 +315,8 @@ def test_an_upgrade_from_an_older_version_runs_on_decode_and_apply():
     machine = FakeMachine(0)
     machine.lamp = Lamp()
     old_pit = _random(abi.PitState2)
-    LAMP_REGISTRY.apply(machine, {"lamp": Section("lamp", 1, json.dumps({"on": True}).encode()),
-                                  "pit": Section("pit", 1, bytes(old_pit) + b"\0" * 4)})
+    LAMP_REGISTRY.apply(machine, [Section("lamp", 1, json.dumps({"on": True}).encode()),
+                                  Section("pit", 1, bytes(old_pit) + b"\0" * 4)])
     assert machine.lamp.state == LampState(brightness=100)
     assert bytes(machine.vm.pit) == bytes(old_pit)
     assert [(s.name, s.version) for s in LAMP_REGISTRY.capture(machine)] == [("lamp", 2), ("pit", 2)]
