@@ -62,9 +62,10 @@ class Engine(object):
         if not os.access(self.command, os.X_OK):
             raise EngineMissing(ENGINE_MISSING.format(command=self.command))
 
-    def run(self, command, options=(), name=None, data=None):
-        """The one JSON document ``ferry --json command options -- name`` prints, or EngineError."""
-        for field, value in (('name', name), ('state_dir', self.state_dir)):
+    def run(self, command, options=(), name=None, data=None, more=()):
+        """The one JSON document ``ferry --json command options -- name more...`` prints, or
+        EngineError. ``more``: positional arguments after the name (a snapshot id)."""
+        for field, value in [('name', name), ('state_dir', self.state_dir)] + [('snapshot', v) for v in more]:
             if value is not None and '\0' in value:
                 # No command line can carry it: refused here, as the engine would refuse it.
                 raise EngineError('%s: %r contains a NUL character' % (field, value[:80]))
@@ -73,7 +74,7 @@ class Engine(object):
             argv += ['--state-dir', self.state_dir]
         if name is not None:
             # After "--" a name that looks like an option is still refused as a name.
-            argv += ['--', name]
+            argv += ['--', name] + list(more)
         rc, out, err = self.module.run_command(argv, data=data)
         if rc != 0:
             raise self.failure(rc, err)
@@ -129,6 +130,35 @@ class Engine(object):
         # state=absent is documented to remove the VM's folder, snapshots included.
         return self.run('undefine', ['--with-snapshots'], name=name)
 
+    # --- snapshots ---
+
+    def snapshots(self, name):
+        """The VM's snapshots, oldest first, as ``ferry snapshot list`` describes them."""
+        return self.run('snapshot', ['list'], name=name)
+
+    def create_snapshot(self, name, snapshot, tags, live, compress):
+        options = ['create']
+        if snapshot is not None:
+            options += ['--snapshot', snapshot]
+        for tag in tags:
+            options += ['--tag', tag]
+        options += [] if live else ['--stop-the-world']
+        options += ['--compress'] if compress else []
+        return self.run('snapshot', options, name=name)
+
+    def delete_snapshot(self, name, snapshot):
+        return self.run('snapshot', ['delete'], name=name, more=[snapshot])
+
+    def restore(self, name, snapshot, as_name=None, replace=False):
+        options = (['--as', as_name] if as_name is not None else []) + (['--replace'] if replace else [])
+        return self.run('restore', options, name=name, more=[snapshot])
+
+    def host_info(self):
+        return self.run('host-info')
+
+    def list_vms(self):
+        return self.run('list')
+
 
 class NotInstalledYet(object):
     """Stands in for the engine in check mode on a host the engine role has not reached yet:
@@ -141,3 +171,6 @@ class NotInstalledYet(object):
 
     def get(self, name):
         return None
+
+    def snapshots(self, name):
+        return []

@@ -15,8 +15,7 @@ __metaclass__ = type
 
 from collections import namedtuple
 
-from ansible_collections.ferry.hypervisor.plugins.module_utils.engine import (
-    Engine, EngineError, EngineMissing, NotInstalledYet)
+from ansible_collections.ferry.hypervisor.plugins.module_utils.engine import EngineError
 
 DEFINITION_KEYS = ('name', 'vcpus', 'memory', 'kernel', 'initrd', 'cmdline')
 REQUIRED_TO_CREATE = ('vcpus', 'memory', 'kernel')
@@ -166,28 +165,3 @@ def predict(current, desired, target):
     if state not in ACTIVE:
         vm['pid'] = None
     return vm
-
-
-def open_engine(module):
-    """The host's engine; in check mode on a host without one yet, a stand-in that predicts."""
-    try:
-        return Engine(module, module.params['state_dir'], module.params['engine_venv'])
-    except EngineMissing:
-        if module.check_mode:
-            return NotInstalledYet()
-        raise
-
-
-def run(module):
-    """Bring the VM to ``module.params``; every failure becomes one fail_json message."""
-    manager = None
-    try:
-        engine = open_engine(module)
-        manager = VmManager(engine, module.params, module.check_mode)
-        result = manager.apply()
-    except EngineError as err:
-        module.fail_json(msg=str(err), changed=bool(manager and manager.done))
-    else:
-        for warning in result.pop('warnings'):
-            module.warn(warning)
-        module.exit_json(**result)

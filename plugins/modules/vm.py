@@ -198,6 +198,12 @@ vm:
       description: Everything the guest wrote to its serial console.
       type: str
       sample: /var/lib/ferry/vms/selfcheck/console.log
+    restored_from:
+      description:
+        - The snapshot the VM's current boot came from (C(vm) and C(snapshot)), kept until it
+          next starts afresh; null for a boot from its kernel.
+      type: dict
+      sample: null
 diff:
   description: The definition and run state before and after (shown with C(--diff)).
   returned: always
@@ -209,13 +215,13 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ferry.hypervisor.plugins.module_utils.engine import DEFAULT_VENV
-from ansible_collections.ferry.hypervisor.plugins.module_utils.vm_manager import run
+from ansible_collections.ferry.hypervisor.plugins.module_utils.common import argument_spec, run
+from ansible_collections.ferry.hypervisor.plugins.module_utils.vm_manager import VmManager
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
+        argument_spec=argument_spec(
             name=dict(type='str', required=True),
             state=dict(type='str', default='present',
                        choices=['present', 'running', 'stopped', 'paused', 'absent']),
@@ -225,12 +231,10 @@ def main():
             initrd=dict(type='str'),
             cmdline=dict(type='str'),
             stop_timeout=dict(type='int', default=30),
-            state_dir=dict(type='path'),
-            engine_venv=dict(type='path', default=DEFAULT_VENV),
         ),
         supports_check_mode=True,
     )
-    run(module)
+    run(module, VmManager)
 
 
 if __name__ == '__main__':

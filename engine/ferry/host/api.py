@@ -99,7 +99,7 @@ class Host:
         info.update(state=state, error=error, pid=status.get("pid") if live is not None else None,
                     started_at=status.get("started_at") if live is not None else None,
                     boot_count=status.get("boot_count", 0), path=str(vmdir.path),
-                    console_log=str(vmdir.console_log))
+                    console_log=str(vmdir.console_log), restored_from=_restored_from(status))
         if live and live.get("migration"):
             info["migration"] = live["migration"]
         if live and "exits" in live:
@@ -274,3 +274,13 @@ class Host:
     def host_info(self) -> dict:
         from .info import host_info
         return host_info(self)
+
+
+def _restored_from(status: dict) -> dict | None:
+    """The snapshot the VM's current boot came from (its folder is vms/VM/snapshots/ID),
+    kept until the VM next starts afresh; None for a boot from its kernel."""
+    folder = status.get("restored_from")
+    if not isinstance(folder, str):
+        return None
+    path = Path(folder)
+    return {"vm": path.parent.parent.name, "snapshot": path.name}

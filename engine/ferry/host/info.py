@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 
-
 def meminfo_mib() -> dict[str, int]:
     """/proc/meminfo in MiB."""
     values = {}
@@ -14,6 +13,22 @@ def meminfo_mib() -> dict[str, int]:
             key, rest = line.split(":", 1)
             values[key] = int(rest.split()[0]) // 1024
     return values
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> dict:
+    """The first CPU's vendor, model name and feature flags, as Linux reports them."""
+    fields = {}
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if not line.strip():
+                    break  # the first processor's block ends here
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return {"vendor": fields.get("vendor_id"), "model": fields.get("model name"),
+            "flags": sorted(set(fields.get("flags", "").split()))}
 
 
 def _kvm() -> dict:
@@ -40,6 +55,7 @@ def host_info(host) -> dict:
         "hostname": os.uname().nodename,
         "kvm": _kvm(),
         "cpus": os.cpu_count(),
+        "cpu": cpu_model(),
         "memory_total_mib": memory["MemTotal"],
         "memory_free_mib": memory.get("MemAvailable", memory["MemFree"]),
         "state_dir": str(host.root),

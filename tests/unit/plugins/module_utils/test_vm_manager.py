@@ -8,122 +8,18 @@ import copy
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
-from ferry import inputs
-from ferry.cli import error_kind
-from ferry.control.operations import Busy
-from ferry.errors import Conflict, FerryError, NotFound
-from ferry.store.definition import validate
+from ferry.errors import FerryError
 
 from ansible_collections.ferry.hypervisor.plugins.module_utils import engine as engine_utils
-from ansible_collections.ferry.hypervisor.plugins.module_utils import vm_manager
+from ansible_collections.ferry.hypervisor.plugins.module_utils import common
 from ansible_collections.ferry.hypervisor.plugins.module_utils.engine import (
     NOT_INSTALLED_YET, Engine, EngineError)
 from ansible_collections.ferry.hypervisor.plugins.module_utils.vm_manager import VmManager
-
-NAME = "vm1"
-STATE_DIR = "/var/lib/ferry"
-
-
-class FakeFerry:
-    """``ferry --json`` over one in-memory VM, as ``module.run_command`` returns it: (rc, stdout,
-    stderr), errors as the engine's JSON line. Records each command that changes something."""
-
-    CHANGING = ("define", "start", "stop", "poweroff", "pause", "resume", "undefine")
-
-    def __init__(self, vm=None, busy=False):
-        self.vm = vm
-        self.busy = busy  # as during a migration: the engine refuses every change
-        self.calls = []
-        self.commands = []
-
-    def run_command(self, argv, data=None):
-        self.commands.append((argv, data))
-        assert isinstance(argv, list) and argv[1] == "--json", argv
-        # The real run_command cannot pass a NUL in an argument at all.
-        assert not any("\0" in arg for arg in argv), argv
-        command, rest = argv[2], argv[3:]
-        name = rest[rest.index("--") + 1] if "--" in rest else None
-        options = rest[:rest.index("--")] if "--" in rest else rest
-        try:
-            result = self.answer(command, name, options, data)
-        except FerryError as err:
-            return 1, "", json.dumps({"error": str(err), "kind": error_kind(err)}, sort_keys=True) + "\n"
-        return 0, json.dumps(result, sort_keys=True) + "\n", ""
-
-    def answer(self, command, name, options, data):
-        state_dir = options[options.index("--state-dir") + 1] if "--state-dir" in options else STATE_DIR
-        if command == "define":
-            new = validate(json.loads(data)).to_dict()
-            if "--check" in options:
-                return new
-            name = new["name"]
-        inputs.vm_name(name)  # as the engine: every name passes its one check first
-        if command == "status":
-            return self._existing(name, state_dir)
-        if self.busy and command in self.CHANGING:
-            raise Busy(f"{name}: busy migrating to 10.0.0.2:7400; {command} is refused until it ends")
-        self.calls.append(command)
-        timeout = options[options.index("--timeout") + 1] if "--timeout" in options else "30"
-        if command == "define":
-            return self._define(new, state_dir)
-        if command in ("stop", "poweroff"):
-            inputs.seconds(float(timeout), zero=command == "stop")
-        vm = self._existing(name, state_dir)
-        return getattr(self, "_" + command)(vm)
-
-    def _existing(self, name, state_dir):
-        if self.vm is None or self.vm["name"] != name:
-            raise NotFound(f"no VM named {name!r} in {state_dir}")
-        return copy.deepcopy(self.vm)
-
-    def _set_state(self, state):
-        active = state in ("running", "paused")
-        self.vm.update(state=state, pid=4242 if active else None, error=None,
-                       started_at=(self.vm.get("started_at") or 1.0e9) if active else None)
-        return copy.deepcopy(self.vm)
-
-    def _define(self, new, state_dir):
-        if self.vm is None:
-            self.vm = dict(new, state="stopped", error=None, pid=None, started_at=None, boot_count=0,
-                           path=f"{state_dir}/vms/{new['name']}", console_log=f"{state_dir}/vms/{new['name']}/console.log")
-        else:
-            if self.vm["state"] in ("running", "paused") and (self.vm["vcpus"], self.vm["memory"]) != (
-                    new["vcpus"], new["memory"]):
-                raise Conflict(f"{new['name']}: vcpus and memory of a running VM cannot change; "
-                               "stop it first, then define and start it again")
-            self.vm.update(new)
-        return copy.deepcopy(self.vm)
-
-    def _start(self, vm):
-        return self._set_state("paused" if vm["state"] == "paused" else "running")
-
-    def _stop(self, vm):
-        return self._set_state("stopped")
-
-    def _poweroff(self, vm):
-        return self._set_state("stopped")
-
-    def _running(self, vm):
-        if vm["state"] not in ("running", "paused"):
-            raise Conflict(f"{vm['name']}: the VM is not running")
-
-    def _pause(self, vm):
-        self._running(vm)
-        return self._set_state("paused")
-
-    def _resume(self, vm):
-        self._running(vm)
-        return self._set_state("running")
-
-    def _undefine(self, vm):
-        if vm["state"] in ("running", "paused"):
-            raise Conflict(f"{vm['name']}: the VM is running; stop it before undefining it")
-        self.vm = None
-        return {"name": vm["name"], "state": "absent"}
+from ansible_collections.ferry.hypervisor.tests.unit.plugins.module_utils.fake_ferry import (
+    NAME, FakeFerry, outcome, real_ferry_module)
 
 
 @pytest.fixture
@@ -138,7 +34,7 @@ def make_vm(kernel, state, **changes):
           "state": state, "error": "killed" if state == "crashed" else None,
           "pid": 4242 if state in ("running", "paused") else None, "boot_count": 1,
           "started_at": 1.0e9 if state in ("running", "paused") else None,
-          "path": f"/var/lib/ferry/vms/{NAME}", "console_log": "console.log"}
+          "path": f"/var/lib/ferry/vms/{NAME}", "console_log": "console.log", "restored_from": None}
     vm.update(changes)
     return vm
 
@@ -335,7 +231,7 @@ def test_engine_validation_fails_before_any_change(kernel):
 
 
 class FakeModule:
-    """What ``vm_manager.run`` uses of AnsibleModule; ``run_command`` is the fake ``ferry``'s."""
+    """What ``common.run`` uses of AnsibleModule; ``run_command`` is the fake ``ferry``'s."""
 
     def __init__(self, params, cli, check_mode=False):
         self.params = params
@@ -359,7 +255,7 @@ class FakeModule:
 def run_module(cli, params, check_mode=False):
     module = FakeModule(params, cli, check_mode)
     with pytest.raises(SystemExit):
-        vm_manager.run(module)
+        common.run(module, VmManager)
     return module
 
 
@@ -367,10 +263,10 @@ def test_engine_errors_become_one_failure_message(kernel):
     cli = FakeFerry()
     answer = cli.answer
 
-    def broken_start(command, name, options, data):
+    def broken_start(command, positional, options, data):
         if command == "start":
-            raise FerryError(f"{name}: could not start: no KVM")
-        return answer(command, name, options, data)
+            raise FerryError(f"{positional[0]}: could not start: no KVM")
+        return answer(command, positional, options, data)
 
     cli.answer = broken_start
     module = run_module(cli, make_params(kernel, "running"))
@@ -521,33 +417,6 @@ SCENARIO = [
 ]
 
 
-def _outcome(engine, call, args, state_dir):
-    """What the module sees: the VM's state and the keys it is described with, or the refusal."""
-    try:
-        result = getattr(engine, call)(*args)
-    except EngineError as err:
-        return ("refused", err.kind, str(err).replace(state_dir, "STATE"))
-    if result is None:
-        return ("none",)
-    # Counters and progress of a live VM only the real one has, and whether its guest needed
-    # forcing off: the guest's doing, not the engine's interface (the module reads neither).
-    volatile = {"exits", "migration", "forced"}
-    return (result.get("state"), sorted(set(result) - volatile))
-
-
-def real_ferry_module(tmp_path):
-    """A real AnsibleModule whose engine venv runs this checkout's ``ferry``."""
-    from ansible.module_utils.basic import AnsibleModule
-    from ansible.module_utils.testing import patch_module_args
-
-    command = tmp_path / "real-venv" / "bin" / "ferry"
-    command.parent.mkdir(parents=True)
-    command.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m ferry.cli "$@"\n')
-    command.chmod(0o755)
-    with patch_module_args({}):
-        return AnsibleModule(argument_spec={}), str(tmp_path / "real-venv")
-
-
 @pytest.mark.kvm
 def test_the_fake_ferry_answers_as_the_real_one(tmp_path):
     state_dir = str(tmp_path / "state")
@@ -555,7 +424,7 @@ def test_the_fake_ferry_answers_as_the_real_one(tmp_path):
     real, fake = Engine(module, state_dir, real_venv), Engine(FakeFerry(), state_dir)
     try:
         for call, args in SCENARIO:
-            assert _outcome(fake, call, args, state_dir) == _outcome(real, call, args, state_dir), f"{call}{args}"
+            assert outcome(fake, call, args, state_dir) == outcome(real, call, args, state_dir), f"{call}{args}"
     finally:
         subprocess.run([os.path.join(real_venv, "bin", "ferry"), "poweroff", "--state-dir", state_dir, NAME],
                        capture_output=True, timeout=60, check=False)
