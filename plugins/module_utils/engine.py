@@ -62,9 +62,10 @@ class Engine(object):
         if not os.access(self.command, os.X_OK):
             raise EngineMissing(ENGINE_MISSING.format(command=self.command))
 
-    def run(self, command, options=(), name=None, data=None, more=()):
+    def run(self, command, options=(), name=None, data=None, more=(), streams=False):
         """The one JSON document ``ferry --json command options -- name more...`` prints, or
-        EngineError. ``more``: positional arguments after the name (a snapshot id)."""
+        EngineError. ``more``: positional arguments after the name (a snapshot id). A command
+        that ``streams`` JSON lines (``migrate``) answers with its last line, the report."""
         for field, value in [('name', name), ('state_dir', self.state_dir)] + [('snapshot', v) for v in more]:
             if value is not None and '\0' in value:
                 # No command line can carry it: refused here, as the engine would refuse it.
@@ -79,7 +80,7 @@ class Engine(object):
         if rc != 0:
             raise self.failure(rc, err)
         try:
-            return json.loads(out)
+            return json.loads(last_line(out) if streams else out)
         except ValueError:
             raise EngineError(ENGINE_BROKEN.format(command=self.command, rc=rc,
                                                    detail='no JSON on its output: %r' % last_line(out)[:80]))
@@ -152,6 +153,15 @@ class Engine(object):
     def restore(self, name, snapshot, as_name=None, replace=False):
         options = (['--as', as_name] if as_name is not None else []) + (['--replace'] if replace else [])
         return self.run('restore', options, name=name, more=[snapshot])
+
+    def receive(self, name, listen, token_file, timeout):
+        """Start a receiver for ``name`` and return once it listens."""
+        options = ['--listen', listen, '--token-file', token_file, '--timeout', str(timeout), '--detach']
+        return self.run('receive', options, name=name)
+
+    def migrate(self, name, to, token_file, options):
+        """Move ``name`` to the receiver at ``to``; the engine's report (``options``: more flags)."""
+        return self.run('migrate', ['--to', to, '--token-file', token_file] + list(options), name=name, streams=True)
 
     def host_info(self):
         return self.run('host-info')

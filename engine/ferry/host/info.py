@@ -48,11 +48,14 @@ def _kvm() -> dict:
 
 
 def host_info(host) -> dict:
+    from .. import __version__
+    from ..migration.protocol import VERSION  # what a migration between two hosts needs in common
     memory = meminfo_mib()
     vms = [{key: vm[key] for key in ("name", "vcpus", "memory", "state")} for vm in host.list()]
     running = [vm for vm in vms if vm["state"] in ("running", "paused")]
     return {
         "hostname": os.uname().nodename,
+        "engine": {"version": __version__, "protocol": VERSION},
         "kvm": _kvm(),
         "cpus": os.cpu_count(),
         "cpu": cpu_model(),

@@ -212,7 +212,7 @@ class FakeFerry:
         vms = [dict((key, vm[key]) for key in ("name", "state", "vcpus", "memory"))
                for vm in (self.vms[name] for name in sorted(self.vms))]
         active = [vm for vm in vms if vm["state"] in ACTIVE]
-        return {"hostname": "fake", "cpus": 2,
+        return {"hostname": "fake", "cpus": 2, "engine": {"version": "0.1.0", "protocol": 2},
                 "cpu": {"vendor": "GenuineIntel", "model": "Fake CPU", "flags": ["avx2", "fpu", "sse2"]}, "memory_total_mib": 8192, "memory_free_mib": 4096,
                 "committed_memory_mib": sum(vm["memory"] for vm in active),
                 "committed_vcpus": sum(vm["vcpus"] for vm in active),

@@ -1,0 +1,132 @@
+# -*- coding: utf-8 -*-
+# Copyright: Ferry Developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""The two ends of a migration as the ferry.hypervisor.vm_migrate action plugin drives them:
+on the destination, a receiver waiting for the VM; on the source, the move itself. Both
+hold the one-time token the controller made in a private file only while the engine reads
+it, and both only run the engine's command.
+
+``preflight`` is the controller's: from the two hosts' facts, what would block the move
+(with both numbers) and what it is likely to cost.
+"""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import os
+import tempfile
+
+from ansible_collections.ferry.hypervisor.plugins.module_utils.engine import EngineError
+
+# Memory the destination keeps free beside the VM (the engine's receiver refuses below it too).
+MEMORY_MARGIN_MIB = 64
+# What the estimate assumes a first pass moves per second: a conservative share of a 10 Gbit/s link.
+ESTIMATE_MIB_PER_S = 400.0
+
+
+class TokenFile(object):
+    """The token in a file of mode 0600 for as long as the ``with`` block lasts."""
+
+    def __init__(self, token):
+        self.token = token
+        self.path = None
+
+    def __enter__(self):
+        handle, self.path = tempfile.mkstemp(prefix='ferry-migration-', suffix='.token')
+        try:
+            os.write(handle, self.token.encode('ascii'))
+        finally:
+            os.close(handle)
+        return self.path
+
+    def __exit__(self, *failure):
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def host_port(address, port):
+    """``address:port``, an IPv6 address in brackets."""
+    if ':' in address and not address.startswith('['):
+        address = '[%s]' % address
+    return '%s:%d' % (address, port)
+
+
+def migrate_options(params):
+    """The engine's flags for the move's own options."""
+    options = ['--mode', params['mode'], '--transport', params['transport']]
+    for flag, key in (('--max-downtime', 'max_downtime'), ('--timeout', 'timeout'), ('--bandwidth', 'bandwidth')):
+        if params.get(key) is not None:
+            options += [flag, str(params[key])]
+    return options
+
+
+class MigrationEnd(object):
+    """One end of the move, by ``params['step']``: ``receive`` on the destination, ``send`` on the source."""
+
+    def __init__(self, engine, params, check_mode=False):
+        self.engine = engine
+        self.params = params
+        self.check_mode = check_mode
+        self.done = []
+
+    def apply(self):
+        p = self.params
+        if self.check_mode:
+            # The action plugin answers check mode itself (its pre-flight); this end never moves then.
+            return {'changed': True}
+        if not p.get('token'):
+            raise EngineError('token: the one-time token is made by the vm_migrate action plugin; '
+                              'run ferry.hypervisor.vm_migrate as a task, not its module alone')
+        with TokenFile(p['token']) as token_file:
+            if p['step'] == 'receive':
+                # The receiver has read the token once it listens, so the file may go.
+                waiting = self.engine.receive(p['name'], host_port('::', p['port']), token_file,
+                                              receive_timeout(p['timeout']))
+                self.done.append('receive')
+                return {'changed': True, 'receiver': waiting}
+            report = self.engine.migrate(p['name'], host_port(p['address'], p['port']), token_file,
+                                         migrate_options(p))
+        self.done.append('send')
+        return {'changed': True, 'report': report}
+
+
+def receive_timeout(timeout):
+    """The receiver waits as long as the move may take, and a minute for the source to begin."""
+    return (timeout or 3600) + 60
+
+
+def preflight(vm, source, destination, names):
+    """What would block the move of ``vm`` (a vm_info entry) from ``source`` to ``destination``
+    (host_info facts; ``names`` their inventory names), what would slow it, and an estimate of
+    its time, for check mode and for the refusal of a real run."""
+    blockers, warnings = [], []
+    source_name, destination_name = names
+    need = vm['memory'] + MEMORY_MARGIN_MIB
+    free = destination['memory_free_mib']
+    if vm['state'] in ('running', 'paused') and free < need:
+        blockers.append('memory: %s has %d MiB available, the VM needs %d MiB (%d MiB and a margin of %d MiB)'
+                        % (destination_name, free, need, vm['memory'], MEMORY_MARGIN_MIB))
+    vcpus_after = destination['committed_vcpus'] + vm['vcpus']
+    if vcpus_after > destination['cpus']:
+        warnings.append('vcpus: %s would run %d vCPUs on %d CPUs (overcommitted)'
+                        % (destination_name, vcpus_after, destination['cpus']))
+    missing = sorted(set(source['cpu']['flags']) - set(destination['cpu']['flags']))
+    if missing and vm.get('cpu', 'host') == 'host':
+        blockers.append('cpu: %s lacks CPU features the VM sees on %s: %s (define the VM with a CPU model both have)'
+                        % (destination_name, source_name, ' '.join(missing[:20])))
+    for key in ('version', 'protocol'):
+        ours, theirs = source.get('engine', {}).get(key), destination.get('engine', {}).get(key)
+        if ours != theirs:
+            (blockers if key == 'protocol' else warnings).append(
+                'engine %s: %s has %s, %s has %s' % (key, source_name, ours, destination_name, theirs))
+    return {
+        'blockers': blockers,
+        'warnings': warnings,
+        'memory': {'needed_mib': need, 'available_mib': free},
+        'vcpus': {'needed': vm['vcpus'], 'committed': destination['committed_vcpus'], 'cpus': destination['cpus']},
+        'missing_cpu_features': missing,
+        'estimated_seconds': round(vm['memory'] / ESTIMATE_MIB_PER_S, 1),
+    }
