@@ -21,26 +21,15 @@ from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
-from ansible_collections.ferry.hypervisor.plugins.module_utils.migrate import preflight
+from ansible_collections.ferry.hypervisor.plugins.module_utils.common import argument_spec
+from ansible_collections.ferry.hypervisor.plugins.module_utils.migrate import MOVE_OPTIONS, preflight
 from ansible_collections.ferry.hypervisor.plugins.plugin_utils.remote import RemoteHost
 
 display = Display()
 MODULE = 'ferry.hypervisor.vm_migrate'
 PROGRESS_INTERVAL = 2.0  # seconds between two looks at a running move
 ENGINE = ('state_dir', 'engine_venv')
-SPEC = dict(
-    name=dict(type='str', required=True),
-    to=dict(type='str', required=True),
-    mode=dict(type='str', default='live', choices=['live', 'warm', 'cold']),
-    max_downtime=dict(type='float', default=300),
-    timeout=dict(type='float', default=3600),
-    bandwidth=dict(type='str'),
-    transport=dict(type='str', default='tcp', choices=['tcp', 'tls', 'ssh']),
-    port=dict(type='int', default=7400),
-    address=dict(type='str'),
-    state_dir=dict(type='path'),
-    engine_venv=dict(type='path'),
-)
+SPEC = argument_spec(**MOVE_OPTIONS)
 
 
 class MigrationFailed(Exception):

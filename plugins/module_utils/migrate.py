@@ -19,6 +19,20 @@ import tempfile
 
 from ansible_collections.ferry.hypervisor.plugins.module_utils.engine import EngineError
 
+# The move's options, shared by the action plugin (which validates a task's arguments with them)
+# and the module; the module adds the two the action plugin sets on each end (step, token).
+MOVE_OPTIONS = dict(
+    name=dict(type='str', required=True),
+    to=dict(type='str', required=True),
+    mode=dict(type='str', default='live', choices=['live', 'warm', 'cold']),
+    max_downtime=dict(type='float', default=300),
+    timeout=dict(type='float', default=3600),
+    bandwidth=dict(type='str'),
+    transport=dict(type='str', default='tcp', choices=['tcp', 'tls', 'ssh']),
+    port=dict(type='int', default=7400),
+    address=dict(type='str'),
+)
+
 # Memory the destination keeps free beside the VM (the engine's receiver refuses below it too).
 MEMORY_MARGIN_MIB = 64
 # What the estimate assumes a first pass moves per second: a conservative share of a 10 Gbit/s link.

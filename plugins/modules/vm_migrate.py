@@ -174,23 +174,15 @@ vm:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ferry.hypervisor.plugins.module_utils.common import argument_spec, run
-from ansible_collections.ferry.hypervisor.plugins.module_utils.migrate import MigrationEnd
+from ansible_collections.ferry.hypervisor.plugins.module_utils.migrate import MOVE_OPTIONS, MigrationEnd
 
 
 def main():
     module = AnsibleModule(
         argument_spec=argument_spec(
-            name=dict(type='str', required=True),
-            to=dict(type='str', required=True),
-            mode=dict(type='str', default='live', choices=['live', 'warm', 'cold']),
-            max_downtime=dict(type='float', default=300),
-            timeout=dict(type='float', default=3600),
-            bandwidth=dict(type='str'),
-            transport=dict(type='str', default='tcp', choices=['tcp', 'tls', 'ssh']),
-            port=dict(type='int', default=7400),
-            address=dict(type='str'),
             step=dict(type='str', default='send', choices=['receive', 'send']),
             token=dict(type='str', no_log=True),
+            **MOVE_OPTIONS
         ),
         required_if=[('step', 'send', ['address'])],
         supports_check_mode=True,
