@@ -113,8 +113,11 @@ def test_a_caller_with_threads_starts_the_vm_under_a_fresh_interpreter(ferry, tm
 
 def test_vm_outlives_the_shell_that_started_it(ferry, tmp_path):
     ferry.define(tmp_path, name="vm1", vcpus=1, memory=32, kernel=GUEST, cmdline="hb=200")
+    # A runner started under nohup passes SIGHUP ignored down to the shell, which would then
+    # outlive the hangup; the test is about a real terminal's hangup, so the default comes back.
     shell = subprocess.Popen(["bash", "-c", f"{sys.executable} -m ferry.cli start vm1; sleep 30"],
-                             env=ferry.env, start_new_session=True)
+                             env=ferry.env, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     ferry.wait_heartbeats("vm1", 1)
     os.killpg(shell.pid, signal.SIGHUP)
     shell.wait(10)
