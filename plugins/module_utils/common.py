@@ -50,7 +50,7 @@ def run(module, manager_class, predict_without_engine=True):
         manager = manager_class(engine, module.params, module.check_mode)
         result = manager.apply()
     except EngineError as err:
-        module.fail_json(msg=str(err), changed=bool(manager and manager.done))
+        module.fail_json(msg=str(err), changed=bool(manager and manager.done), error_kind=err.kind)
     else:
         for warning in result.pop('warnings', []):
             module.warn(warning)

@@ -40,6 +40,9 @@ class EngineError(Exception):
 class EngineMissing(EngineError):
     """No engine command where the engine role puts it."""
 
+    def __init__(self, message):
+        super(EngineMissing, self).__init__(message, 'engine-missing')
+
 
 def ferry_command(venv=None):
     return os.path.join(venv or DEFAULT_VENV, 'bin', 'ferry')
@@ -177,7 +180,9 @@ class NotInstalledYet(object):
     warning = NOT_INSTALLED_YET
 
     def validate(self, values):
-        return dict(values, initrd=values.get('initrd'), cmdline=values.get('cmdline') or '')
+        cpu = values.get('cpu') or 'host'
+        return dict(values, initrd=values.get('initrd'), cmdline=values.get('cmdline') or '',
+                    cpu=sorted(set(cpu)) if isinstance(cpu, list) else cpu)
 
     def get(self, name):
         return None

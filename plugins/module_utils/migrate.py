@@ -127,10 +127,16 @@ def preflight(vm, source, destination, names):
     if vcpus_after > destination['cpus']:
         warnings.append('vcpus: %s would run %d vCPUs on %d CPUs (overcommitted)'
                         % (destination_name, vcpus_after, destination['cpus']))
-    missing = sorted(set(source['cpu']['flags']) - set(destination['cpu']['flags']))
-    if missing and vm.get('cpu', 'host') == 'host':
-        blockers.append('cpu: %s lacks CPU features the VM sees on %s: %s (define the VM with a CPU model both have)'
-                        % (destination_name, source_name, ' '.join(missing[:20])))
+    missing = missing_cpu_features(vm, source, destination)
+    if missing:
+        blockers.append('cpu: %s does not offer CPU features the VM %s: %s (define it with cpu: baseline, '
+                        'or the features both hosts have: the ferry.hypervisor.cpu_baseline filter)'
+                        % (destination_name, 'sees on %s' % source_name if vm.get('cpu_features') else 'needs',
+                           ' '.join(missing[:20])))
+    vendors = source['cpu'].get('vendor'), destination['cpu'].get('vendor')
+    if vendors[0] != vendors[1]:
+        warnings.append("cpu: %s's CPU is %s, %s's is %s; a guest may not survive the change of vendor"
+                        % (source_name, vendors[0], destination_name, vendors[1]))
     for key in ('version', 'protocol'):
         ours, theirs = source.get('engine', {}).get(key), destination.get('engine', {}).get(key)
         if ours != theirs:
@@ -144,3 +150,20 @@ def preflight(vm, source, destination, names):
         'missing_cpu_features': missing,
         'estimated_seconds': round(vm['memory'] / ESTIMATE_MIB_PER_S, 1),
     }
+
+
+def missing_cpu_features(vm, source, destination):
+    """The features the VM needs that the destination does not offer: a running VM keeps the
+    CPU it sees; a stopped one boots its model afresh there (``host`` then fits any host)."""
+    cpu = destination['cpu']
+    if cpu.get('features') is None:  # an engine before CPU models: Linux's flags are all there is
+        needs = source['cpu']['flags'] if vm.get('cpu', 'host') == 'host' else []
+        return sorted(set(needs) - set(cpu['flags']))
+    model = vm.get('cpu', 'host')
+    if vm.get('cpu_features'):
+        needs = vm['cpu_features']
+    elif model == 'baseline':
+        return [] if cpu.get('baseline') else ['(the baseline model)']
+    else:
+        needs = [] if model == 'host' else model
+    return sorted(set(needs) - set(cpu['features']) - set(['hypervisor']))

@@ -17,7 +17,7 @@ from collections import namedtuple
 
 from ansible_collections.ferry.hypervisor.plugins.module_utils.engine import EngineError
 
-DEFINITION_KEYS = ('name', 'vcpus', 'memory', 'kernel', 'initrd', 'cmdline')
+DEFINITION_KEYS = ('name', 'vcpus', 'memory', 'kernel', 'initrd', 'cmdline', 'cpu')
 REQUIRED_TO_CREATE = ('vcpus', 'memory', 'kernel')
 # Sized when the VM process starts: only a stopped VM can take new values.
 FIXED_WHILE_ACTIVE = ('vcpus', 'memory')
@@ -48,6 +48,8 @@ class VmManager(object):
         # An empty initrd removes it: None already means "keep the stored one".
         if values.get('initrd') == '':
             values['initrd'] = None
+        if values.get('cpu') is None:
+            values.pop('cpu', None)  # the engine's default (host), and no key an older engine refuses
         if current is None:
             self.check_creatable(values)
         return self.engine.validate(values)
@@ -65,7 +67,7 @@ class VmManager(object):
         target = self.params['state']
         if target == 'absent':
             return self.steps_to_absent(state)
-        changed_keys = [key for key in DEFINITION_KEYS if current is None or current[key] != desired[key]]
+        changed_keys = [key for key in DEFINITION_KEYS if current is None or current.get(key) != desired.get(key)]
         if state in ACTIVE and target != 'stopped':
             self.check_changes_while_active(current, desired, changed_keys)
         define = [Step('define', (desired,))] if changed_keys else []

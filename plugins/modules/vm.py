@@ -64,6 +64,16 @@ options:
       - The guest's kernel command line.
       - An empty string clears it.
     type: str
+  cpu:
+    description:
+      - The CPU the guest sees. V(host) (the default for a new VM) is all that this host offers;
+        V(baseline) is x86-64-v2, which runs on any 64-bit x86 server of the last decade and so
+        lets the VM move between unlike hosts; a list of feature names (as
+        M(ferry.hypervisor.host_info) lists them in C(cpu.features)) is exactly those, for
+        example the common set of a fleet from the P(ferry.hypervisor.cpu_baseline#filter) filter.
+      - The engine presents exactly that CPUID and refuses to start the VM on a host that lacks
+        part of it. A change applies when the VM next starts.
+    type: raw
   stop_timeout:
     description:
       - Seconds a guest gets to shut down after the power button before it is powered off,
@@ -198,6 +208,15 @@ vm:
       description: Everything the guest wrote to its serial console.
       type: str
       sample: /var/lib/ferry/vms/selfcheck/console.log
+    cpu:
+      description: The CPU model, V(host), V(baseline) or the sorted list of features.
+      type: raw
+      sample: host
+    cpu_features:
+      description: While it runs, the CPU features the guest sees; null otherwise.
+      type: list
+      elements: str
+      sample: [avx, avx2, fpu, sse2]
     restored_from:
       description:
         - The snapshot the VM's current boot came from (C(vm) and C(snapshot)), kept until it
@@ -209,8 +228,10 @@ diff:
   returned: always
   type: dict
   sample:
-    before: {name: selfcheck, vcpus: 1, memory: 64, kernel: "builtin:selfcheck", initrd: null, cmdline: "", state: stopped}
-    after: {name: selfcheck, vcpus: 1, memory: 64, kernel: "builtin:selfcheck", initrd: null, cmdline: "", state: running}
+    before: {name: selfcheck, vcpus: 1, memory: 64, kernel: "builtin:selfcheck", initrd: null, cmdline: "", cpu: host,
+             state: stopped}
+    after: {name: selfcheck, vcpus: 1, memory: 64, kernel: "builtin:selfcheck", initrd: null, cmdline: "", cpu: host,
+            state: running}
 '''
 
 from ansible.module_utils.basic import AnsibleModule
@@ -230,6 +251,7 @@ def main():
             kernel=dict(type='str'),
             initrd=dict(type='str'),
             cmdline=dict(type='str'),
+            cpu=dict(type='raw'),
             stop_timeout=dict(type='int', default=30),
         ),
         supports_check_mode=True,

@@ -80,6 +80,11 @@ vms:
       description: While the VM migrates, its progress (phase, round, bytes, rate); null otherwise.
       type: dict
       sample: null
+error_kind:
+  description: Why the module failed; V(engine-missing) when the engine is not installed on the host.
+  returned: failure
+  type: str
+  sample: engine-missing
 '''
 
 from ansible.module_utils.basic import AnsibleModule

@@ -18,6 +18,7 @@ BIN = os.path.dirname(sys.executable)
 FERRY = "/opt/ferry/venv/bin/ferry"
 PLAYBOOK_TIMEOUT = 600
 RECAP_LINE = re.compile(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$")
+HEARTBEAT = re.compile(r"^HB cpu=0 seq=(\d+) .* OK$", re.M)
 
 
 class Run:
@@ -109,6 +110,13 @@ class Ansible:
             assert "no VM named" in proc.stderr, proc.stderr
             return None
         return {key: value for key, value in json.loads(proc.stdout).items() if key != "exits"}
+
+    def beats(self, host: str, name: str) -> list[int]:
+        """The sequence numbers of the self-checking guest's good heartbeats on its first vCPU
+        (engine/docs/selfcheck-guest.md), after checking it found no corrupt memory."""
+        log = self.read(host, f"/var/lib/ferry/vms/{name}/console.log")
+        assert "CORRUPT" not in log, f"{name} found corrupt memory on {host}"
+        return [int(seq) for seq in HEARTBEAT.findall(log)]
 
     def exists(self, host: str, path: str) -> bool:
         return self.lab.exec(host, ["test", "-e", path], timeout=30).returncode == 0

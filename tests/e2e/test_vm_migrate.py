@@ -21,12 +21,6 @@ def move(**params) -> dict:
     return {"ferry.hypervisor.vm_migrate": dict({"name": NAME}, **params), "ignore_errors": True}
 
 
-def beats(ansible, host: str) -> list[int]:
-    log = ansible.read(host, f"/var/lib/ferry/vms/{NAME}/console.log")
-    assert "CORRUPT" not in log, f"the guest found corrupt memory on {host}"
-    return [int(match) for match in re.findall(r"^HB cpu=0 seq=(\d+) .* OK$", log, re.M)]
-
-
 def test_a_live_move_there_and_back(ansible, engine_installed):
     ansible.tasks([{"ferry.hypervisor.vm": dict(VM, state="running")}]).expect_ok()
 
@@ -49,7 +43,7 @@ def test_a_live_move_there_and_back(ansible, engine_installed):
         run.fail("no progress line while the move ran")
     assert ansible.status("h1", NAME) is None, "the VM is still defined on the source"
     assert ansible.status("h2", NAME)["state"] == "running"
-    seen = beats(ansible, "h2")
+    seen = ansible.beats("h2", NAME)
     assert seen == list(range(seen[0], seen[0] + len(seen))), "the heartbeat sequence has a gap"
 
     back = ansible.tasks([move(to="h1")], host="h2")
@@ -67,3 +61,46 @@ def test_a_live_move_there_and_back(ansible, engine_installed):
 def test_refusals_name_the_option_and_move_nothing(ansible, engine_installed, params, message):
     result = task_results(ansible.tasks([move(**params)]))[0]
     assert result["failed"] is True and message in result["msg"] and "\n" not in result["msg"], result
+
+
+def hide_cpu_features(ansible, host: str, features: list[str]) -> None:
+    """The engine role's ``engine_cpu_hidden`` on ``host``: its engine then offers a VM less."""
+    role = {"ansible.builtin.include_role": {"name": "ferry.hypervisor.engine"},
+            "vars": {"engine_cpu_hidden": features}}
+    ansible.tasks([role], host=host).expect_ok()
+
+
+# Features to hide on the destination, the first the source's guest sees serves.
+SPARE_FEATURES = ("gfni", "clwb", "avx2", "mmxext", "3dnowprefetch", "umip")
+
+
+def test_a_cpu_the_destination_lacks_is_refused_and_the_fleets_common_cpu_moves(ansible, engine_installed):
+    vm = dict(VM, state="running")
+    ansible.tasks([{"ferry.hypervisor.vm": vm}]).expect_ok()
+    feature = next(name for name in SPARE_FEATURES if name in ansible.status("h1", NAME)["cpu_features"])
+    hide_cpu_features(ansible, "h2", [feature])
+    try:
+        checked, = task_results(ansible.tasks([move(to="h2")], "--check"))
+        real, = task_results(ansible.tasks([move(to="h2")]))
+        for result in (checked, real):
+            assert result["failed"] is True and result["moved"] is False, result
+            assert result["msg"].startswith(f"cpu: h2 does not offer CPU features the VM sees on h1: {feature}"), result
+            assert result["preflight"]["missing_cpu_features"] == [feature]
+        assert ansible.status("h1", NAME)["state"] == "running" and ansible.status("h2", NAME) is None
+
+        # The features both hosts offer (the cpu_baseline filter over their host_info), from the
+        # VM's next boot: then it moves, and sees the same CPU on h2.
+        common = "{{ [result_0, result_1] | ferry.hypervisor.cpu_baseline }}"
+        ansible.tasks([{"ferry.hypervisor.host_info": {}},
+                       {"ferry.hypervisor.host_info": {}, "delegate_to": "h2"},
+                       {"ferry.hypervisor.vm": dict(vm, state="stopped", cpu=common)},
+                       {"ferry.hypervisor.vm": dict(vm, state="running")}]).expect_ok()
+        before = ansible.status("h1", NAME)
+        assert feature not in before["cpu_features"] and isinstance(before["cpu"], list)
+        moved, = task_results(ansible.tasks([move(to="h2")]).expect_ok())
+        assert moved["moved"] is True and ansible.status("h1", NAME) is None
+        assert ansible.status("h2", NAME)["cpu_features"] == before["cpu_features"]
+    finally:
+        hide_cpu_features(ansible, "h2", [])
+        for host in ("h1", "h2"):
+            ansible.tasks([{"ferry.hypervisor.vm": {"name": NAME, "state": "absent"}}], host=host)

@@ -22,17 +22,12 @@ def vm_task(**params) -> dict:
     return {"ferry.hypervisor.vm": params, "ignore_errors": True}
 
 
-def heartbeats(ansible, host: str, name: str) -> int:
-    log = ansible.read(host, f"/var/lib/ferry/vms/{name}/console.log")
-    return sum(1 for line in log.splitlines() if line.startswith("HB ") and line.endswith(" OK"))
-
-
 def wait_for_more_heartbeats(ansible, host: str, name: str, seen: int, limit: float = 15.0) -> int:
     deadline = time.monotonic() + limit
-    count = heartbeats(ansible, host, name)
+    count = len(ansible.beats(host, name))
     while count < seen + 3 and time.monotonic() < deadline:
         time.sleep(0.5)
-        count = heartbeats(ansible, host, name)
+        count = len(ansible.beats(host, name))
     return count
 
 
@@ -44,7 +39,7 @@ def test_lifecycle_from_start_to_removal(ansible, engine_installed):
     assert again["vm"]["pid"] == started["vm"]["pid"]
 
     # The playbook and each of its SSH connections have ended; the VM goes on.
-    seen = heartbeats(ansible, HOST, NAME)
+    seen = len(ansible.beats(HOST, NAME))
     assert wait_for_more_heartbeats(ansible, HOST, NAME, seen) >= seen + 3, "the VM stopped beating after SSH closed"
     assert ansible.status(HOST, NAME)["pid"] == started["vm"]["pid"]
 

@@ -14,7 +14,8 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SPECS = os.path.join(ROOT, "roles", "engine", "meta", "argument_specs.yml")
 # engine_source and engine_linux_guest_source default to paths under role_path, which is
 # defined inside the role only; the others are read back after it.
-NAMES = ["venv", "python", "state_dir", "require_kvm", "build_cache", "use_index", "linux_guest", "images_dir"]
+NAMES = ["venv", "python", "state_dir", "require_kvm", "build_cache", "use_index", "linux_guest", "images_dir",
+         "cpu_hidden"]
 WARNING = "[DEPRECATION WARNING] the engine role's variables are renamed"
 
 
@@ -54,6 +55,7 @@ def test_the_defaults_are_the_documented_ones_and_nothing_is_deprecated(tmp_path
         {name: str(options["engine_" + name]["default"]) for name in ("venv", "python", "state_dir", "require_kvm",
                                                                       "use_index", "linux_guest")}
     assert values["images_dir"] == "/var/lib/ferry/images"
+    assert values["cpu_hidden"] == options["engine_cpu_hidden"]["default"] == []
     assert values["build_cache"] == os.path.expanduser("~/.cache/ferry-hypervisor/wheels")
     assert WARNING not in output
 

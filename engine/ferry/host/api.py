@@ -99,7 +99,8 @@ class Host:
         info.update(state=state, error=error, pid=status.get("pid") if live is not None else None,
                     started_at=status.get("started_at") if live is not None else None,
                     boot_count=status.get("boot_count", 0), path=str(vmdir.path),
-                    console_log=str(vmdir.console_log), restored_from=_restored_from(status))
+                    console_log=str(vmdir.console_log), restored_from=_restored_from(status),
+                    cpu_features=status.get("cpu_features") if live is not None else None)
         if live and live.get("migration"):
             info["migration"] = live["migration"]
         if live and "exits" in live:

@@ -31,34 +31,48 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> dict:
             "flags": sorted(set(fields.get("flags", "").split()))}
 
 
-def _kvm() -> dict:
-    from ..kvm import abi
+def _kvm() -> tuple[dict, frozenset]:
+    """KVM's kind, and the named CPU features it can give a guest (none without KVM)."""
+    from ..kvm import abi, cpufeatures
     from ..kvm.fds import Kvm, KvmUnavailable  # here: every host command imports this module
 
     try:
         kvm = Kvm()
     except KvmUnavailable as err:
-        return {"available": False, "error": str(err)}
+        return {"available": False, "error": str(err)}, frozenset()
     try:
-        return {"available": True, "flavour": kvm.flavour,
-                "hardware_virtualization": kvm.flavour in ("intel", "amd"),
-                "max_vcpus": kvm.check_extension(abi.CAP_MAX_VCPUS)}
+        return ({"available": True, "flavour": kvm.flavour,
+                 "hardware_virtualization": kvm.flavour in ("intel", "amd"),
+                 "max_vcpus": kvm.check_extension(abi.CAP_MAX_VCPUS)},
+                cpufeatures.features(kvm.supported_cpuid()))
     finally:
         kvm.close()
+
+
+def guest_cpu(supported: frozenset, hidden: frozenset) -> dict:
+    """What this host offers a VM's CPU: the features (those KVM supports, less the hidden ones)
+    and whether the baseline model runs here."""
+    from ..kvm.cpufeatures import BASELINE
+
+    offered = supported - hidden
+    return {"features": sorted(offered), "hidden": sorted(hidden),
+            "baseline": BASELINE - {"hypervisor"} <= offered}
 
 
 def host_info(host) -> dict:
     from .. import __version__
     from ..migration.protocol import VERSION  # what a migration between two hosts needs in common
+    from ..store import hostconfig
     memory = meminfo_mib()
     vms = [{key: vm[key] for key in ("name", "vcpus", "memory", "state")} for vm in host.list()]
     running = [vm for vm in vms if vm["state"] in ("running", "paused")]
+    kvm, supported = _kvm()
     return {
         "hostname": os.uname().nodename,
         "engine": {"version": __version__, "protocol": VERSION},
-        "kvm": _kvm(),
+        "kvm": kvm,
         "cpus": os.cpu_count(),
-        "cpu": cpu_model(),
+        "cpu": dict(cpu_model(), **guest_cpu(supported, hostconfig.load(host.root).cpu_hidden)),
         "memory_total_mib": memory["MemTotal"],
         "memory_free_mib": memory.get("MemAvailable", memory["MemFree"]),
         "state_dir": str(host.root),

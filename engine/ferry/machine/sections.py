@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from ..errors import FerryError
+from ..kvm import cpufeatures
 from . import state
 from .state import Section
 from .vm import DEVICE_CLASSES
@@ -136,11 +137,19 @@ def _vcpu(machine, name: str):
 
 
 def _capture_vcpu(machine, name: str) -> state.VcpuState:
-    return state.capture_vcpu(_vcpu(machine, name).fd, machine.kvm.msr_index_list())
+    vcpu = _vcpu(machine, name)
+    return state.capture_vcpu(vcpu.fd, machine.kvm.msr_index_list(), machine.cpuid[vcpu.index])
 
 
 def _apply_vcpu(machine, name: str, values: state.VcpuState) -> None:
-    state.apply_vcpu(_vcpu(machine, name).fd, values, name)
+    """The vCPU's saved state, its CPUID among it: refused, before anything is written, when
+    this host does not offer every feature the guest saw where it was saved."""
+    vcpu = _vcpu(machine, name)
+    if values.cpuid is not None:
+        machine.check_offered(cpufeatures.features(values.cpuid))
+    state.apply_vcpu(vcpu.fd, values, name)
+    if values.cpuid is not None:
+        machine.cpuid[vcpu.index] = values.cpuid
 
 
 def _capture_irqchip(machine, name: str) -> state.IrqchipState:

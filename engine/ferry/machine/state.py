@@ -46,15 +46,20 @@ def _struct(cls, text: str, section: str):
 
 VCPU_STRUCTS = {"regs": abi.Regs, "sregs": abi.Sregs, "xsave": abi.Xsave, "xcrs": abi.Xcrs,
                 "lapic": abi.LapicState, "events": abi.VcpuEvents, "debugregs": abi.DebugRegs}
-VCPU_KEYS = frozenset(VCPU_STRUCTS) | {"msrs", "mp_state"}
+VCPU_KEYS = frozenset(VCPU_STRUCTS) | {"msrs", "mp_state", "cpuid"}
 U32, U64 = 2**32, 2**64
+CPUID_FIELDS = ("function", "index", "flags", "eax", "ebx", "ecx", "edx")
+MAX_CPUID_ENTRIES = 1024  # KVM's own limit is 256 today (KVM_MAX_CPUID_ENTRIES)
 
 
 @dataclass
 class VcpuState(VersionedState):
-    """Section ``vcpu.N``: JSON of each KVM structure as hex, the MSRs by hex index, the MP state."""
+    """Section ``vcpu.N``: JSON of each KVM structure as hex, the MSRs by hex index, the MP
+    state, and (from version 2) the CPUID the guest sees, so it sees the same after a restore
+    or a migration to another host; version 1 has none, and the VM then gets its model's
+    CPUID on the host it lands on."""
 
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
     regs: abi.Regs
     sregs: abi.Sregs
     xsave: abi.Xsave
@@ -64,12 +69,22 @@ class VcpuState(VersionedState):
     debugregs: abi.DebugRegs
     msrs: dict[int, int]
     mp_state: int
+    cpuid: object = None  # a kvm_cpuid2 table, or None from a version 1 section
 
     def to_bytes(self) -> bytes:
         values = {key: bytes(getattr(self, key)).hex() for key in VCPU_STRUCTS}
         values["msrs"] = {f"{index:#x}": value for index, value in self.msrs.items()}
         values["mp_state"] = self.mp_state
+        values["cpuid"] = None if self.cpuid is None else [
+            [getattr(self.cpuid.entries[slot], key) for key in CPUID_FIELDS] for slot in range(self.cpuid.nent)]
         return json.dumps(values, sort_keys=True).encode()
+
+    @classmethod
+    def upgrade(cls, version: int, saved):
+        if version != 1:
+            return super().upgrade(version, saved)
+        # Anything but a mapping is left for from_bytes to refuse by name.
+        return dict(saved, cpuid=None) if isinstance(saved, dict) else saved
 
     @classmethod
     def from_bytes(cls, data: bytes, version: int, section: str = "vcpu") -> "VcpuState":
@@ -81,7 +96,24 @@ class VcpuState(VersionedState):
         mp_state = values["mp_state"]
         if isinstance(mp_state, bool) or not isinstance(mp_state, int) or not 0 <= mp_state < U32:
             raise RestoreError(f"section {section}: mp_state must be a 32-bit number")
-        return cls(**structs, msrs=_msrs(values["msrs"], section), mp_state=mp_state)
+        return cls(**structs, msrs=_msrs(values["msrs"], section), mp_state=mp_state,
+                   cpuid=_cpuid(values["cpuid"], section))
+
+
+def _cpuid(values, section: str):
+    if values is None:
+        return None
+    if not isinstance(values, list) or not 0 < len(values) <= MAX_CPUID_ENTRIES:
+        raise RestoreError(f"section {section}: cpuid must be a list of 1 to {MAX_CPUID_ENTRIES} entries")
+    table = abi.cpuid(len(values))()
+    table.nent = len(values)
+    for slot, entry in enumerate(values):
+        if (not isinstance(entry, list) or len(entry) != len(CPUID_FIELDS)
+                or any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < U32 for v in entry)):
+            raise RestoreError(f"section {section}: each cpuid entry must be {len(CPUID_FIELDS)} 32-bit numbers "
+                               f"({', '.join(CPUID_FIELDS)})")
+        table.entries[slot] = abi.CpuidEntry(*entry)
+    return table
 
 
 def _msrs(values, section: str) -> dict[int, int]:
@@ -96,7 +128,7 @@ def _msrs(values, section: str) -> dict[int, int]:
     return msrs
 
 
-def capture_vcpu(fd, msr_indices: list[int]) -> VcpuState:
+def capture_vcpu(fd, msr_indices: list[int], cpuid) -> VcpuState:
     msrs = {}
     for index in msr_indices:
         value = fd.get_msr(index)
@@ -104,11 +136,14 @@ def capture_vcpu(fd, msr_indices: list[int]) -> VcpuState:
             msrs[index] = value
     return VcpuState(regs=fd.get_regs(), sregs=fd.get_sregs(), xsave=fd.get_xsave(), xcrs=fd.get_xcrs(),
                      lapic=fd.get_lapic(), events=fd.get_vcpu_events(), debugregs=fd.get_debugregs(),
-                     msrs=msrs, mp_state=fd.get_mp_state())
+                     msrs=msrs, mp_state=fd.get_mp_state(), cpuid=cpuid)
 
 
 def apply_vcpu(fd, values: VcpuState, section: str) -> None:
-    # CPUID was set when the vCPU was built: MSR and XSAVE checks depend on it.
+    # CPUID first (the machine's was set when the vCPU was built; a saved one replaces it
+    # before the vCPU first runs, as KVM requires): MSR and XSAVE checks depend on it.
+    if values.cpuid is not None:
+        fd.set_cpuid(values.cpuid)
     # sregs before regs: the mode (long mode, paging) decides how RIP/RSP are read.
     fd.set_sregs(values.sregs)
     fd.set_regs(values.regs)

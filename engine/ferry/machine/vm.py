@@ -22,7 +22,7 @@ from ..devices.i8042 import I8042
 from ..devices.rtc import Rtc
 from ..devices.serial import Serial
 from ..errors import FerryError
-from ..kvm import abi
+from ..kvm import abi, cpufeatures
 from ..kvm.fds import Kvm
 from ..memory import GuestMemory
 from .vcpu import THROTTLE_SLICE, GuestEvent, RunState, Vcpu
@@ -41,6 +41,13 @@ class MachineSpec:
     kernel: Path
     initrd: Path | None = None
     cmdline: str = ""
+    cpu: str | tuple = "host"           # the CPU model: host, baseline or feature names
+    cpu_hidden: frozenset = frozenset()  # features the host never offers (its host.yaml)
+
+
+def missing_features(names) -> str:
+    shown = " ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+    return f"cpu: this host does not offer {shown}, which the VM's CPU model has"
 
 
 @dataclass
@@ -81,7 +88,13 @@ class Machine:
         self._throttler: threading.Thread | None = None
         self.vcpus = [Vcpu(self.vm.create_vcpu(i), self.io_bus, self.mmio_bus, self._on_event)
                       for i in range(spec.vcpus)]
-        self._set_cpuid()
+        try:
+            self._set_cpuid()
+        except BaseException:  # a CPU model this host cannot give: nothing stays open
+            self._close_kvm()
+            if memory is None:
+                self.memory.close()  # memory handed in stays its owner's to close
+            raise
 
     # --- wiring ---
 
@@ -107,9 +120,27 @@ class Machine:
         return Devices(serial, i8042, rtc, acpi_pm, [serial, i8042, rtc, acpi_pm])
 
     def _set_cpuid(self) -> None:
+        """Every vCPU's CPUID: exactly the definition's CPU model, refused if this host lacks
+        part of it. ``self.cpuid`` keeps each table, for the vCPU sections of saved state."""
         supported = self.kvm.supported_cpuid()
-        for vcpu in self.vcpus:
-            vcpu.fd.set_cpuid(cpu.vcpu_cpuid(supported, vcpu.index, len(self.vcpus)))
+        self.cpu_offered = cpufeatures.features(supported) - self.spec.cpu_hidden
+        table = cpufeatures.presented(supported, self.spec.cpu, self.check_offered(self.spec.cpu))
+        self.cpuid = [cpu.vcpu_cpuid(table, vcpu.index, len(self.vcpus)) for vcpu in self.vcpus]
+        for vcpu, vcpu_table in zip(self.vcpus, self.cpuid):
+            vcpu.fd.set_cpuid(vcpu_table)
+
+    def check_offered(self, model) -> frozenset:
+        """The features of ``model`` (a CPU model, or the features of a saved CPUID) if this
+        host offers them all; FerryError in one line if not."""
+        try:
+            return cpufeatures.chosen(model, self.cpu_offered)
+        except cpufeatures.MissingFeatures as err:
+            raise FerryError(missing_features(err.args[0])) from None
+
+    @property
+    def cpu_features(self) -> list[str]:
+        """The named features the guest sees."""
+        return sorted(cpufeatures.features(self.cpuid[0]))
 
     # --- boot ---
 
@@ -214,7 +245,10 @@ class Machine:
         self.events.put(Event(kind, message))
 
     def close(self) -> None:
+        self._close_kvm()
+        self.memory.close()
+
+    def _close_kvm(self) -> None:
         for vcpu in self.vcpus:
             vcpu.fd.close()
         self.vm.close()
-        self.memory.close()

@@ -1,7 +1,7 @@
 """VM definitions: the YAML a person writes, validated into a typed, versioned record.
 
-Stored definitions carry ``format: 1``; disks and NICs will join as new
-optional keys under a new format number, and older files keep loading.
+Stored definitions carry ``format: 2`` (format 1 had no ``cpu``); disks and NICs
+will join as new optional keys under a new format number, and older files keep loading.
 """
 
 from __future__ import annotations
@@ -16,24 +16,30 @@ from .. import inputs
 from ..layout import MAX_VCPUS
 from ..errors import DefinitionError
 
-FORMAT = 1
+FORMAT = 2
+READS = (1, 2)  # the formats this engine loads
 BUILTIN_PREFIX = "builtin:"
 MAX_MEMORY_MIB = 1024 * 1024
 MAX_CMDLINE = 4095
 MAX_FILE = 64 * 1024  # a definition is a few lines; anything bigger is not one
 STDIN = "stdin"  # how messages name a definition read from standard input
-KEYS = ("name", "vcpus", "memory", "kernel", "initrd", "cmdline")
+KEYS = ("name", "vcpus", "memory", "kernel", "initrd", "cmdline", "cpu")
+MAX_CPU_FEATURES = 256
 
 
 # A named tuple, not a dataclass: every command reads definitions, and ``dataclasses``
 # (with ``inspect``) would cost ``ferry list`` more than all the rest of its imports.
-class Definition(namedtuple("Definition", KEYS, defaults=(None, ""))):
-    """name, vcpus, memory (MiB), kernel, initrd (or None), cmdline; immutable."""
+class Definition(namedtuple("Definition", KEYS, defaults=(None, "", "host"))):
+    """name, vcpus, memory (MiB), kernel, initrd (or None), cmdline, cpu (``host``,
+    ``baseline`` or a sorted tuple of feature names); immutable."""
 
     __slots__ = ()
 
     def to_dict(self) -> dict:
-        return self._asdict()
+        values = self._asdict()
+        if isinstance(self.cpu, tuple):
+            values["cpu"] = list(self.cpu)
+        return values
 
     def kernel_path(self) -> Path:
         return resolve_kernel(self.kernel)
@@ -91,7 +97,29 @@ def validate(values) -> Definition:
         raise DefinitionError(f"memory: {memory} MiB must be a multiple of 2 MiB")
     return Definition(name=name, vcpus=_integer(values, "vcpus", 1, MAX_VCPUS),
                       memory=memory, kernel=_path(values, "kernel", True),
-                      initrd=_path(values, "initrd", False), cmdline=_cmdline(values))
+                      initrd=_path(values, "initrd", False), cmdline=_cmdline(values), cpu=_cpu(values))
+
+
+def _cpu(values: dict):
+    """The CPU model: ``host`` (the default), ``baseline``, or a list of feature names."""
+    from ..kvm.cpufeatures import KNOWN, MODELS
+
+    cpu = values.get("cpu")
+    if cpu is None:  # not given, or null as a module passes an option it was not given
+        return "host"
+    if isinstance(cpu, str):
+        if cpu not in MODELS:
+            raise DefinitionError(f"cpu: {inputs.shown(cpu)} is not a CPU model; use host, baseline "
+                                  "or a list of feature names")
+        return cpu
+    if not isinstance(cpu, list) or not cpu or len(cpu) > MAX_CPU_FEATURES:
+        raise DefinitionError("cpu: expected host, baseline or a list of 1 to "
+                              f"{MAX_CPU_FEATURES} feature names, got {inputs.shown(cpu)}")
+    unknown = [name for name in cpu if not isinstance(name, str) or name not in KNOWN]
+    if unknown:
+        raise DefinitionError(f"cpu: {inputs.shown(unknown[0])} is not a CPU feature this engine knows "
+                              "(Linux's /proc/cpuinfo names, as ferry host-info lists them)")
+    return tuple(sorted(set(cpu)))
 
 
 def _cmdline(values: dict) -> str:
@@ -154,8 +182,9 @@ def load_file(path: Path | str) -> Definition:
         raise DefinitionError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
     except RecursionError:
         raise DefinitionError(f"{path}: nested too deeply to be a VM definition") from None
-    if isinstance(values, dict) and values.get("format", FORMAT) != FORMAT:
-        raise DefinitionError(f"format: {values['format']!r} is not supported, this engine reads format {FORMAT}")
+    if isinstance(values, dict) and values.get("format", FORMAT) not in READS:
+        raise DefinitionError(f"format: {inputs.shown(values['format'])} is not supported, this engine reads "
+                              f"formats {', '.join(map(str, READS))}")
     return validate(values)
 
 

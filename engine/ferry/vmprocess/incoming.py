@@ -75,7 +75,7 @@ class Incoming:
         memory = GuestMemory(size)
         try:
             self.console = Console(self.staging.console_log)
-            self.saved = SavedMachine(spec_of(self.definition), self.console, memory)
+            self.saved = SavedMachine(spec_of(self.definition, self.staging.root), self.console, memory)
             self.process = VmProcess(self.staging, self.console)
         except BaseException:
             memory.close()

@@ -21,17 +21,19 @@ from ..machine.vcpu import GuestEvent, RunState
 from ..machine.vm import Event, Machine, MachineSpec
 from ..snapshot import restore, save
 from ..control import operations as ops
-from ..store import snapshots, statedir
+from ..store import hostconfig, snapshots, statedir
 from ..store.progress import ProgressWriter, progress_file
 from ..control.protocol import ControlServer
 from .console import Console
 from .outgoing import Outgoing
 
 
-def spec_of(definition) -> MachineSpec:
+def spec_of(definition, root: Path) -> MachineSpec:
+    """The machine of ``definition`` on the host of the state directory ``root``."""
     return MachineSpec(definition.name, definition.vcpus, definition.memory,
                        definition.kernel_path(),
-                       Path(definition.initrd) if definition.initrd else None, definition.cmdline)
+                       Path(definition.initrd) if definition.initrd else None, definition.cmdline,
+                       definition.cpu, hostconfig.load(root).cpu_hidden)
 
 
 def log(text: str) -> None:
@@ -68,7 +70,7 @@ class VmProcess:
     # --- lifecycle ---
 
     def boot(self, rtc=None) -> None:
-        self.machine = Machine(spec_of(self.definition), self.console, rtc=rtc)
+        self.machine = Machine(spec_of(self.definition, self.vmdir.root), self.console, rtc=rtc)
         self.machine.boot()
         self.boot_count += 1
         self._started()
@@ -83,7 +85,8 @@ class VmProcess:
         self.machine.start()
         self.server.start()
         self.vmdir.write_status(state="running", error=None, pid=os.getpid(), restored_from=None,
-                                boot_count=self.boot_count, started_at=time.time())
+                                boot_count=self.boot_count, started_at=time.time(),
+                                cpu_features=self.machine.cpu_features)
 
     def restore(self, folder: Path, lazy: bool, verify_memory: bool) -> None:
         """Run the snapshot in its own shape and definition (under this VM's name): the
@@ -94,7 +97,8 @@ class VmProcess:
             definition = snapshot.definition._replace(name=self.definition.name)
             progress = ProgressWriter(progress_file(self.vmdir.path), "restore")
             try:
-                self.machine = restore.build(snapshot, self.console, spec_of(definition), lazy, progress)
+                spec = spec_of(definition, self.vmdir.root)
+                self.machine = restore.build(snapshot, self.console, spec, lazy, progress)
             finally:
                 progress.close()
         except BaseException:
@@ -108,7 +112,8 @@ class VmProcess:
     def _started(self, restored_from: str | None = None) -> None:
         self.machine.start()
         self.vmdir.write_status(state="running", error=None, pid=os.getpid(), restored_from=restored_from,
-                                boot_count=self.boot_count, started_at=time.time())
+                                boot_count=self.boot_count, started_at=time.time(),
+                                cpu_features=self.machine.cpu_features)
 
     def run(self) -> int:
         while True:

@@ -299,6 +299,32 @@ static void banner(const struct boot_info *bi)
     line_emit(&l);
 }
 
+/* The CPU the guest was given, as CPUID tells it (the engine's CPU model decides): one
+ * line of the feature registers, leaf.subleaf:register=hex. */
+static void cpuid(uint32_t leaf, uint32_t sub, uint32_t r[4])
+{
+    __asm__ volatile("cpuid" : "=a"(r[0]), "=b"(r[1]), "=c"(r[2]), "=d"(r[3]) : "a"(leaf), "c"(sub));
+}
+
+static void cpuid_line(void)
+{
+    static const struct { uint32_t leaf, sub; int reg; const char *name; } regs[] = {
+        {1, 0, 3, " 1.edx="}, {1, 0, 2, " 1.ecx="}, {7, 0, 1, " 7.ebx="}, {7, 0, 2, " 7.ecx="},
+        {7, 0, 3, " 7.edx="}, {0xd, 1, 0, " d.1.eax="}, {0x80000001, 0, 2, " 80000001.ecx="},
+        {0x80000001, 0, 3, " 80000001.edx="},
+    };
+    struct line l = { .len = 0 };
+    uint32_t r[4];
+    line_str(&l, "CPUID");
+    for (unsigned i = 0; i < sizeof(regs) / sizeof(regs[0]); i++) {
+        cpuid(regs[i].leaf, regs[i].sub, r);
+        line_str(&l, regs[i].name);
+        line_hex(&l, r[regs[i].reg], 8);
+    }
+    line_str(&l, "\n");
+    line_emit(&l);
+}
+
 /* ---- control ---- */
 
 static uint8_t cmos_read(uint8_t index)
@@ -343,6 +369,7 @@ static void setup(struct boot_info *bi)
 
     cfg.owned_total = find_usable(bi) * cfg.fill / 100;
     banner(bi);
+    cpuid_line();
 }
 
 #define PM1_STS 0x600

@@ -15,10 +15,11 @@ from ferry.devices.i8042 import I8042
 from ferry.devices.rtc import Rtc
 from ferry.devices.serial import Serial
 from ferry.errors import FerryError
-from ferry.kvm import abi
+from ferry.kvm import abi, cpufeatures
 from ferry.machine import state
 from ferry.machine.sections import REGISTRY, Registry, SectionType
 from ferry.machine.state import Section
+from ferry.machine.vm import Machine
 
 MSRS = [0x10, 0x174, 0xC0000080]
 SCRATCH, RTC_INDEX, RTC_DATA, NVRAM_BYTE = 7, 0, 1, 0x40
@@ -100,12 +101,31 @@ class FakeDevices:
                     AcpiPm("acpi.pm", sci=nothing, on_poweroff=nothing)]
 
 
-class FakeMachine:
-    """What the registry touches of a machine, without KVM."""
+def cpuid_table(*features: str):
+    """A CPUID table with the named features set (and nothing else in the feature registers)."""
+    table = abi.cpuid(len(cpufeatures.REGISTERS))()
+    table.nent = len(cpufeatures.REGISTERS)
+    for slot, ((function, index, register), bits) in enumerate(cpufeatures.REGISTERS.items()):
+        entry = abi.CpuidEntry(function=function, index=index or 0)
+        setattr(entry, register, sum(1 << bit for bit, name in bits.items() if name in features))
+        table.entries[slot] = entry
+    return table
 
-    def __init__(self, vcpus: int):
+
+HOST_FEATURES = ("fpu", "sse2", "avx", "avx2")
+
+
+class FakeMachine:
+    """What the registry touches of a machine, without KVM; the check of a saved CPUID
+    against what the host offers is Machine's own."""
+
+    check_offered = Machine.check_offered
+
+    def __init__(self, vcpus: int, offered=HOST_FEATURES):
         self.kvm, self.vm, self.devices = FakeKvm(), FakeVm(), FakeDevices()
         self.vcpus = [FakeVcpu(index, FakeVcpuFd(index)) for index in range(vcpus)]
+        self.cpu_offered = frozenset(offered)
+        self.cpuid = [cpuid_table("fpu", "sse2") for _ in range(vcpus)]
 
 
 def _random(cls):
@@ -124,6 +144,7 @@ def running_machine(vcpus: int = 2) -> FakeMachine:
         machine.vm.chips[chip] = _random(abi.Irqchip)
         machine.vm.chips[chip].chip_id = chip
     machine.vm.pit, machine.vm.clock = _random(abi.PitState2), _random(abi.ClockData)
+    machine.cpuid = [cpuid_table(*HOST_FEATURES) for _ in machine.vcpus]
     machine.devices.serial.io_write(SCRATCH, b"\x5a")
     machine.devices.rtc.io_write(RTC_INDEX, bytes([NVRAM_BYTE]))
     machine.devices.rtc.io_write(RTC_DATA, b"\x77")
@@ -260,10 +281,43 @@ def test_malformed_vcpu_and_in_kernel_sections_are_refused_by_name(name, data):
     assert one_line(error).startswith(f"section {name}: ")
 
 
+def test_a_saved_cpuid_goes_with_the_vcpu_and_is_what_the_guest_sees_after():
+    target = FakeMachine(1)
+    REGISTRY.apply(target, REGISTRY.capture(running_machine(1)))
+    assert cpufeatures.features(target.cpuid[0]) == frozenset(HOST_FEATURES)
+    assert cpufeatures.features(target.vcpus[0].fd.held["cpuid"]) == frozenset(HOST_FEATURES)
+    assert target.vcpus[0].fd.order[0] == "cpuid", "CPUID must precede the MSRs and XSAVE it governs"
+
+
+def test_a_saved_cpuid_with_a_feature_this_host_lacks_is_refused_before_anything_is_written():
+    target = FakeMachine(1, offered=("fpu", "sse2", "avx"))
+    with pytest.raises(FerryError) as error:
+        REGISTRY.apply(target, REGISTRY.capture(running_machine(1)))
+    assert one_line(error) == "cpu: this host does not offer avx2, which the VM's CPU model has"
+    assert target.vcpus[0].fd.order == []
+
+
+def test_a_version_1_vcpu_section_keeps_the_cpuid_the_machine_was_built_with():
+    saved = REGISTRY.capture(running_machine(1))
+    values = json.loads(saved[0].data)
+    del values["cpuid"]
+    old = [Section("vcpu.0", 1, json.dumps(values).encode())] + saved[1:]
+    target = FakeMachine(1)
+    REGISTRY.apply(target, old)
+    assert cpufeatures.features(target.cpuid[0]) == {"fpu", "sse2"} and "cpuid" not in target.vcpus[0].fd.held
+
+
+@pytest.mark.parametrize("cpuid", [[], [[1, 0, 0, 0, 0, 0]], [[1, 0, 0, 0, 0, 0, 2**32]], "x", [[True] * 7]])
+def test_a_malformed_saved_cpuid_is_refused_by_name(cpuid):
+    values = json.loads(REGISTRY.capture(running_machine(1))[0].data)
+    with pytest.raises(FerryError, match="section vcpu.0: (each )?cpuid"):
+        REGISTRY.decode(Section("vcpu.0", 2, json.dumps(dict(values, cpuid=cpuid)).encode()), 1)
+
+
 def test_the_vcpu_and_in_kernel_versions_are_read_back():
     section = REGISTRY.capture(running_machine(1))[0]
-    with pytest.raises(ValueError, match="section vcpu.0: state version 2 is newer than this engine's 1"):
-        REGISTRY.decode(Section("vcpu.0", 2, section.data), 1)
+    with pytest.raises(ValueError, match="section vcpu.0: state version 3 is newer than this engine's 2"):
+        REGISTRY.decode(Section("vcpu.0", 3, section.data), 1)
     with pytest.raises(ValueError, match="section pit: state version 5 is newer"):
         REGISTRY.decode(Section("pit", 5, bytes(ctypes.sizeof(abi.PitState2))), 1)
 

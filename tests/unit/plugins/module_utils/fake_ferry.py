@@ -19,6 +19,8 @@ from ferry.store.definition import validate
 NAME = "vm1"
 STATE_DIR = "/var/lib/ferry"
 ACTIVE = ("running", "paused")
+# What the fake host offers a VM (host-info cpu.features) and a running VM sees.
+HOST_FEATURES = ["avx2", "fpu", "hypervisor", "sse2"]
 
 
 def _option(options, flag, default=None):
@@ -108,7 +110,8 @@ class FakeFerry:
         vm = self.vms[name]
         active = state in ACTIVE
         vm.update(state=state, pid=4242 if active else None, error=None,
-                  started_at=(vm.get("started_at") or 1.0e9) if active else None)
+                  started_at=(vm.get("started_at") or 1.0e9) if active else None,
+                  cpu_features=HOST_FEATURES if active else None)
         return copy.deepcopy(vm)
 
     def _define(self, new, state_dir):
@@ -116,7 +119,8 @@ class FakeFerry:
         if vm is None:
             folder = f"{state_dir}/vms/{new['name']}"
             self.vms[new["name"]] = dict(new, state="stopped", error=None, pid=None, started_at=None, boot_count=0,
-                                         path=folder, console_log=f"{folder}/console.log", restored_from=None)
+                                         path=folder, console_log=f"{folder}/console.log", restored_from=None,
+                                         cpu_features=None)
             self.snapshots.setdefault(new["name"], [])
         else:
             if vm["state"] in ACTIVE and (vm["vcpus"], vm["memory"]) != (new["vcpus"], new["memory"]):
@@ -206,14 +210,16 @@ class FakeFerry:
 
     @staticmethod
     def _definition(vm):
-        return dict((key, vm[key]) for key in ("name", "vcpus", "memory", "kernel", "initrd", "cmdline"))
+        return dict((key, vm[key]) for key in ("name", "vcpus", "memory", "kernel", "initrd", "cmdline", "cpu"))
 
     def _host_info(self, state_dir):
         vms = [dict((key, vm[key]) for key in ("name", "state", "vcpus", "memory"))
                for vm in (self.vms[name] for name in sorted(self.vms))]
         active = [vm for vm in vms if vm["state"] in ACTIVE]
         return {"hostname": "fake", "cpus": 2, "engine": {"version": "0.1.0", "protocol": 2},
-                "cpu": {"vendor": "GenuineIntel", "model": "Fake CPU", "flags": ["avx2", "fpu", "sse2"]}, "memory_total_mib": 8192, "memory_free_mib": 4096,
+                "cpu": {"vendor": "GenuineIntel", "model": "Fake CPU", "flags": ["avx2", "fpu", "sse2"],
+                        "features": HOST_FEATURES, "hidden": [], "baseline": False},
+                "memory_total_mib": 8192, "memory_free_mib": 4096,
                 "committed_memory_mib": sum(vm["memory"] for vm in active),
                 "committed_vcpus": sum(vm["vcpus"] for vm in active),
                 "kvm": {"available": True, "flavour": "vmx", "hardware_virtualization": True, "max_vcpus": 1024},

@@ -44,10 +44,46 @@ def test_overcommitted_vcpus_warn_and_do_not_block():
     assert report["blockers"] == [] and report["warnings"] == ["vcpus: h2 would run 5 vCPUs on 4 CPUs (overcommitted)"]
 
 
-def test_cpu_features_the_destination_lacks_block_by_name():
+def test_an_engine_without_cpu_models_is_judged_by_the_linux_flags():
     report = check(source=facts(flags=("avx2", "avx512f", "sse2")))
     assert report["missing_cpu_features"] == ["avx512f"]
-    assert report["blockers"][0].startswith("cpu: h2 lacks CPU features the VM sees on h1: avx512f")
+    assert report["blockers"][0].startswith("cpu: h2 does not offer CPU features the VM needs: avx512f")
+
+
+def offering(*features, baseline=True, vendor="AuthenticAMD"):
+    host = facts()
+    host["cpu"].update(features=list(features), baseline=baseline, vendor=vendor)
+    return host
+
+
+def test_a_running_vm_needs_the_features_it_sees():
+    vm = dict(VM, cpu="host", cpu_features=["avx2", "avx512f", "hypervisor", "sse2"])
+    report = check(vm=vm, source=offering("avx2", "avx512f", "sse2"), destination=offering("avx2", "sse2"))
+    assert report["missing_cpu_features"] == ["avx512f"]
+    assert report["blockers"] == ["cpu: h2 does not offer CPU features the VM sees on h1: avx512f (define it with "
+                                  "cpu: baseline, or the features both hosts have: the ferry.hypervisor.cpu_baseline "
+                                  "filter)"]
+    fits = dict(vm, cpu_features=["avx2", "hypervisor", "sse2"])
+    assert check(vm=fits, source=offering("avx2", "avx512f", "sse2"), destination=offering("avx2", "sse2"))[
+        "blockers"] == []
+
+
+@pytest.mark.parametrize("cpu, offered, baseline, missing", [
+    ("host", ("sse2",), False, []),                      # boots with what the destination has
+    ("baseline", ("sse2",), True, []),
+    ("baseline", ("sse2",), False, ["(the baseline model)"]),
+    (["avx2", "sse2"], ("sse2",), True, ["avx2"]),
+])
+def test_a_stopped_vm_needs_its_model(cpu, offered, baseline, missing):
+    vm = dict(VM, state="stopped", cpu=cpu, cpu_features=None)
+    assert check(vm=vm, destination=offering(*offered, baseline=baseline))["missing_cpu_features"] == missing
+
+
+def test_another_cpu_vendor_warns():
+    report = check(source=offering("sse2", vendor="GenuineIntel"), destination=offering("sse2"))
+    assert report["blockers"] == []
+    assert report["warnings"] == ["cpu: h1's CPU is GenuineIntel, h2's is AuthenticAMD; a guest may not survive "
+                                  "the change of vendor"]
 
 
 def test_another_protocol_blocks_another_engine_version_warns():

@@ -19,7 +19,7 @@ from ansible_collections.ferry.hypervisor.plugins.module_utils.snapshot_manager 
 from ansible_collections.ferry.hypervisor.tests.unit.plugins.module_utils.fake_ferry import (
     NAME, FakeFerry, outcome, real_ferry_module)
 
-VM = {"name": NAME, "vcpus": 1, "memory": 64, "kernel": "builtin:selfcheck", "initrd": None, "cmdline": "",
+VM = {"name": NAME, "vcpus": 1, "memory": 64, "kernel": "builtin:selfcheck", "initrd": None, "cmdline": "", "cpu": "host",
       "state": "running", "error": None, "pid": 4242, "boot_count": 1, "started_at": 1.0e9,
       "path": f"/var/lib/ferry/vms/{NAME}", "console_log": "console.log", "restored_from": None}
 

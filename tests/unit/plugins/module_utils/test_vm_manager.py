@@ -31,7 +31,7 @@ def kernel(tmp_path):
 
 def make_vm(kernel, state, **changes):
     vm = {"name": NAME, "vcpus": 1, "memory": 64, "kernel": kernel, "initrd": None, "cmdline": "hb=1000",
-          "state": state, "error": "killed" if state == "crashed" else None,
+          "cpu": "host", "state": state, "error": "killed" if state == "crashed" else None,
           "pid": 4242 if state in ("running", "paused") else None, "boot_count": 1,
           "started_at": 1.0e9 if state in ("running", "paused") else None,
           "path": f"/var/lib/ferry/vms/{NAME}", "console_log": "console.log", "restored_from": None}
@@ -41,7 +41,7 @@ def make_vm(kernel, state, **changes):
 
 def make_params(kernel_path, state, **changes):
     params = {"name": NAME, "state": state, "vcpus": 1, "memory": 64, "kernel": kernel_path, "initrd": None,
-              "cmdline": "hb=1000", "stop_timeout": 30, "state_dir": None, "engine_venv": None}
+              "cmdline": "hb=1000", "cpu": None, "stop_timeout": 30, "state_dir": None, "engine_venv": None}
     params.update(changes)
     return params
 
@@ -141,7 +141,7 @@ def test_diff_shows_definition_before_and_after(kernel):
     before, after = result["diff"]["before"], result["diff"]["after"]
     assert (before["cmdline"], before["vcpus"], before["state"]) == ("hb=1000", 1, "stopped")
     assert (after["cmdline"], after["vcpus"], after["state"]) == ("hb=500", 2, "running")
-    assert set(before) == set(after) == {"name", "vcpus", "memory", "kernel", "initrd", "cmdline", "state"}
+    assert set(before) == set(after) == {"name", "vcpus", "memory", "kernel", "initrd", "cmdline", "cpu", "state"}
 
 
 def test_diff_of_a_new_and_a_removed_vm(kernel):
@@ -271,7 +271,8 @@ def test_engine_errors_become_one_failure_message(kernel):
     cli.answer = broken_start
     module = run_module(cli, make_params(kernel, "running"))
 
-    assert module.result == {"msg": f"{NAME}: could not start: no KVM", "changed": True, "failed": True}
+    assert module.result == {"msg": f"{NAME}: could not start: no KVM", "changed": True, "failed": True,
+                             "error_kind": "error"}
 
 
 def test_a_failure_before_any_change_is_not_changed(kernel):
@@ -323,7 +324,8 @@ def test_check_mode_without_an_engine_predicts_the_vm_with_a_warning(kernel, tmp
                                         "assuming the ferry.hypervisor.engine role installs it")
     assert module.result["diff"]["before"] == {"name": NAME, "state": "absent"}
     assert module.result["diff"]["after"] == {"name": NAME, "vcpus": 1, "memory": 64, "kernel": kernel,
-                                              "initrd": None, "cmdline": "hb=1000", "state": "running"}
+                                              "initrd": None, "cmdline": "hb=1000", "cpu": "host",
+                                              "state": "running"}
     assert module.result["vm"]["state"] == "running"
     assert cli.commands == []
 
@@ -344,7 +346,7 @@ def test_check_mode_without_an_engine_still_needs_what_creating_needs(kernel, tm
 
 def test_without_an_engine_a_real_run_fails_naming_the_role(kernel, tmp_path):
     module = run_module(FakeFerry(), make_params(kernel, "running", engine_venv=str(tmp_path / "none")))
-    assert module.result == {"failed": True, "changed": False, "msg": (
+    assert module.result == {"failed": True, "changed": False, "error_kind": "engine-missing", "msg": (
         f"the Ferry engine is not installed on this host (no {tmp_path}/none/bin/ferry): "
         "run the ferry.hypervisor.engine role")}
 
@@ -359,6 +361,8 @@ PARAMS = st.fixed_dictionaries({
     "kernel": st.one_of(st.none(), st.just("builtin:selfcheck"), st.text(max_size=10)),
     "initrd": st.one_of(st.none(), st.just(""), st.text(max_size=10)),
     "cmdline": st.one_of(st.none(), st.text(max_size=30)),
+    "cpu": st.one_of(st.none(), st.sampled_from(["host", "baseline", "turbo", ""]),
+                     st.lists(st.sampled_from(["sse2", "avx2", "no-such"]), max_size=3), st.integers()),
     "stop_timeout": st.one_of(st.integers(-5, 100), st.floats()),
     "state_dir": st.none(), "engine_venv": st.none(),
 })
