@@ -150,6 +150,7 @@ seealso:
 '''
 
 EXAMPLES = r'''
+---
 # vms.ferry.yml: the VMs of three hypervisors reached as ~/.ssh/config says
 plugin: ferry.hypervisor.ferry
 hosts:
@@ -160,9 +161,11 @@ hosts:
     ansible_user: admin
     ansible_become: true
 
+---
 # vms.ferry.yml, used as "-i hypervisors.yml -i vms.ferry.yml": the hypervisors of the group
 # "hypervisors" with their inventory connection variables, asked 20 at a time, with snapshots,
-# cached for ten minutes, and groups by the kernel and by a tag of the command line
+# cached for ten minutes; groups by kernel, of the VMs without a snapshot of the last day and
+# of the big ones
 plugin: ferry.hypervisor.ferry
 hosts_from_group: hypervisors
 max_workers: 20
@@ -179,8 +182,9 @@ groups:
   stale_backups: ferry_last_snapshot_age is none or ferry_last_snapshot_age > 86400
   big: ferry_memory >= 4096
 compose:
-  # a playbook for "hosts: ferry_vms" then runs its tasks on the hypervisors
-  ansible_host: hostvars[ferry_host].ansible_host | default(ferry_host)
+  memory_gib: ferry_memory / 1024
+  # guests that run an SSH server, each under a DNS name of its own
+  ansible_host: inventory_hostname ~ '.vms.example.com'
 '''
 
 import concurrent.futures
