@@ -150,24 +150,21 @@ seealso:
 '''
 
 EXAMPLES = r'''
----
-# vms.ferry.yml: the VMs of three hypervisors reached as ~/.ssh/config says
+# The smallest source, the VMs of two hypervisors reached as ~/.ssh/config says:
+#   plugin: ferry.hypervisor.ferry
+#   hosts: [hv1, hv2.example.com]
+
+# vms.ferry.yml, used as "-i hypervisors.yml -i vms.ferry.yml": the hosts of the group
+# "hypervisors" with their inventory connection variables and one more listed here, asked 20 at
+# a time, with snapshots, cached for ten minutes; groups by kernel, of the VMs without a
+# snapshot of the last day and of the big ones
 plugin: ferry.hypervisor.ferry
+hosts_from_group: hypervisors
 hosts:
-  - hv1
-  - hv2.example.com
   - name: hv3
     ansible_host: 192.0.2.13
     ansible_user: admin
     ansible_become: true
-
----
-# vms.ferry.yml, used as "-i hypervisors.yml -i vms.ferry.yml": the hypervisors of the group
-# "hypervisors" with their inventory connection variables, asked 20 at a time, with snapshots,
-# cached for ten minutes; groups by kernel, of the VMs without a snapshot of the last day and
-# of the big ones
-plugin: ferry.hypervisor.ferry
-hosts_from_group: hypervisors
 max_workers: 20
 timeout: 15
 snapshots: true

@@ -472,6 +472,29 @@ def test_a_vm_named_as_a_host_already_there_is_skipped(tmp_path, world, warnings
     assert warnings == ["ferry.hypervisor.ferry: skipped VM h1 of h1: the inventory already has a host of that name"]
 
 
+def test_the_documented_example_works(tmp_path, world, warnings):
+    example = yaml.safe_load(sys.modules[type(plugin()).__module__].EXAMPLES)
+    world.host("10.0.0.1", vms(("web", "running")))
+    world.host("192.0.2.13", vms(("db", "stopped")))
+    hosts = tmp_path / "hosts.yml"
+    hosts.write_text(yaml.safe_dump({"all": {"children": {"hypervisors": {"hosts": {"hv1": {"ansible_host": "10.0.0.1"}}}}}}))
+    data = InventoryData()
+    inventory_loader.get("ansible.builtin.yaml").parse(data, DataLoader(), str(hosts))
+    example.update(cache_connection=str(tmp_path / "cache"))
+
+    inventory = run(tmp_path, world, data=data, **example)
+
+    assert warnings == []
+    assert inventory.hostvars("db")["ferry_host"] == "hv3" and inventory.hostvars("web")["ferry_host"] == "hv1"
+    # hv3 becomes root: its listing and its snapshot lists run under sudo.
+    assert [entry["argv"][:2] for entry in world.log("sudo.log")] == [["-n", "--"]] * 2
+    groups = inventory.groups()
+    assert groups["stale_backups"] == ["db", "web"] and "big" not in groups
+    assert [hosts for name, hosts in groups.items() if name.startswith("kernel_")] == [["db", "web"]]
+    assert inventory.hostvars("web")["ansible_host"] == "web.vms.example.com"
+    assert float(inventory.hostvars("web")["memory_gib"]) == 0.125
+
+
 def test_only_its_own_source_files(tmp_path):
     loaded = plugin()
     for name, accepted in (("vms.ferry.yml", True), ("vms.ferry.yaml", True), ("vms.yml", False), ("ferry.yml", False)):
