@@ -50,10 +50,13 @@ mkdir -p "$(dirname "$ignores")"
         if [ "$(head -c 2 "$path")" = '#!' ]; then printf '%s shebang!skip\n' "$path"; fi
     done
     # Before 2.17, sanity wants Python 2's __future__ and __metaclass__ lines in the unit
-    # test modules too (not conftest.py); they run on the controller's Python 3 only (2.17 dropped
-    # both tests).
+    # test modules of modules and module_utils too (not conftest.py, and not the tests of
+    # controller plugins, which it does not look at); they run on the controller's Python 3 only
+    # (2.17 dropped both tests).
     if [ "$(printf '%s\n' "$minor" 2.16 | sort -V | head -1)" = "$minor" ]; then
-        find tests/unit -type f -name 'test_*.py' | sort | while read -r path; do
+        for dir in tests/unit/plugins/modules tests/unit/plugins/module_utils; do
+            if [ -d "$dir" ]; then find "$dir" -type f -name 'test_*.py'; fi
+        done | sort | while read -r path; do
             printf '%s future-import-boilerplate!skip\n%s metaclass-boilerplate!skip\n' "$path" "$path"
         done
     fi

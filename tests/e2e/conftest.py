@@ -8,13 +8,11 @@ missing; FERRY_ALLOW_NO_KVM=1 or FERRY_ALLOW_NO_LAB=1 turns that into a skip.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import tempfile
 
 import pytest
 
-from harness import ROOT, Ansible
+from harness import ROOT, Ansible, own_lab
 
 
 def environment_problem() -> tuple[str, str] | None:
@@ -43,15 +41,8 @@ def lab_environment():
 
 @pytest.fixture(scope="session")
 def lab(lab_environment):
-    from ferry.lab import Lab
-    directory = tempfile.mkdtemp(prefix="ferry-e2e-")
-    lab = Lab(os.path.join(directory, "lab"))
-    try:
-        lab.up(hosts=2)
+    with own_lab(2) as lab:
         yield lab
-    finally:
-        lab.down()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

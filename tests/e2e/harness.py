@@ -3,11 +3,14 @@ hosts directly (not through Ansible) to check what it did."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -19,6 +22,21 @@ FERRY = "/opt/ferry/venv/bin/ferry"
 PLAYBOOK_TIMEOUT = 600
 RECAP_LINE = re.compile(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$")
 HEARTBEAT = re.compile(r"^HB cpu=0 seq=(\d+) .* OK$", re.M)
+
+
+@contextlib.contextmanager
+def own_lab(hosts: int):
+    """A lab of ``hosts`` hosts apart from the session's (for a test that needs another number of
+    hosts, or takes one down), removed afterwards."""
+    from ferry.lab import Lab
+    directory = tempfile.mkdtemp(prefix="ferry-e2e-")
+    lab = Lab(os.path.join(directory, "lab"))
+    try:
+        lab.up(hosts=hosts)
+        yield lab
+    finally:
+        lab.down()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 class Run:
@@ -78,6 +96,13 @@ class Ansible:
 
     def playbook(self, playbook: str, *args: str, **env: str) -> Run:
         return self.run([os.path.join(BIN, "ansible-playbook"), "-i", self.inventory, playbook, *args], **env)
+
+    def ansible_inventory(self, *sources: str, args: tuple[str, ...] = ("--list",), **env: str) -> Run:
+        """ansible-inventory over the given sources (the lab's own inventory is not added)."""
+        argv = [os.path.join(BIN, "ansible-inventory")]
+        for source in sources:
+            argv += ["-i", source]
+        return self.run([*argv, *args], **env)
 
     def site(self, *args: str, **env: str) -> Run:
         return self.playbook(os.path.join(ROOT, "playbooks", "site.yml"), *args, **env)
