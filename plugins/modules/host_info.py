@@ -20,18 +20,8 @@ author:
 options: {}
 extends_documentation_fragment:
   - ferry.hypervisor.engine
-attributes:
-  check_mode:
-    support: full
-    description: Reads the same facts as a real run; nothing is changed either way.
-  diff_mode:
-    support: none
-    description: Changes nothing, so there is no difference to show.
-  action_group:
-    description: Use C(group/ferry.hypervisor.ferry) in C(module_defaults) to set its options.
-    support: full
-    membership:
-      - ferry.hypervisor.ferry
+  - ferry.hypervisor.attributes
+  - ferry.hypervisor.attributes.info_module
 seealso:
   - module: ferry.hypervisor.vm_info
 '''
