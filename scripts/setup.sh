@@ -15,6 +15,8 @@ packages=(
     # The benchmarks' anchors, which the test suite's smoke runs measure (bench/README.md):
     # QEMU (qemu-system-x86_64), a static libc for the migration guest's /init, file, iperf3.
     qemu-system-x86 libc6-dev file iperf3
+    # ansible-test sanity's shellcheck test, which passes without a word where shellcheck is missing.
+    shellcheck
 )
 missing=()
 for package in "${packages[@]}"; do
