@@ -10,7 +10,7 @@ DOCUMENTATION = r'''
 ---
 module: host_info
 short_description: What a Ferry hypervisor host offers, for placement
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Reports the host's KVM, CPU model and feature flags, memory (total, free, committed to
     running VMs), CPUs and committed vCPUs, and its VMs, which are the facts placing a VM needs.

@@ -10,7 +10,7 @@ DOCUMENTATION = r'''
 ---
 module: vm_info
 short_description: The Ferry virtual machines of a host, with their snapshots
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Lists the VMs of a hypervisor host (or the ones named) with their definition, run state,
     snapshots and the age of the newest one, and the progress of a migration under way.

@@ -10,7 +10,7 @@ DOCUMENTATION = r'''
 ---
 module: vm_migrate
 short_description: Move a Ferry virtual machine to another host, live
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Run against the VM's source host. Prepares a receiver on the destination O(to) through
     that host's own inventory connection, moves the VM (live by default, the guest pausing only

@@ -10,7 +10,7 @@ DOCUMENTATION = r'''
 ---
 module: vm_snapshot
 short_description: Take, delete and restore snapshots of Ferry virtual machines
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Takes a snapshot of a running or paused VM (live by default, the guest pausing only for
     the last few milliseconds), deletes one, or runs the VM, or a clone of it, from one.
