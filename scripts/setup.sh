@@ -15,6 +15,11 @@ packages=(
     # The benchmarks' anchors, which the test suite's smoke runs measure (bench/README.md):
     # QEMU (qemu-system-x86_64), a static libc for the migration guest's /init, file, iperf3.
     qemu-system-x86 libc6-dev file iperf3
+    # ansible-test sanity's shellcheck test, which passes without a word where shellcheck is missing.
+    shellcheck
+    # What scripts/build-python.sh needs to build the Python 3.13 of ansible-core 2.20's controller
+    # (tests/ansible-versions.sh) with the modules ansible-test and pip use.
+    xz-utils libssl-dev libffi-dev zlib1g-dev libbz2-dev liblzma-dev libsqlite3-dev uuid-dev
 )
 missing=()
 for package in "${packages[@]}"; do

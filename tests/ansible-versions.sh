@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # ansible-test units and sanity on each ansible-core minor version the collection
-# claims (meta/runtime.yml: requires_ansible '>=2.15.0'; 2.19 is the newest for
-# Python 3.11, the controller Python here). Each version's ansible-test comes from
-# a venv of its own under ~/.cache/ferry-hypervisor/ansible-core-X.Y, made on first
-# use with pip (the checkout's .venv serves the version it has).
+# claims (meta/runtime.yml: requires_ansible '>=2.15.0'; 2.15 to 2.20). Each version's
+# ansible-test comes from a venv of its own under ~/.cache/ferry-hypervisor/ansible-core-X.Y,
+# made on first use with pip (the checkout's .venv serves the version it has). Up to 2.19
+# the venv and the tests run on Debian 12's Python 3.11; 2.20's controller needs Python
+# 3.12 or newer, which Debian 12 lacks, so its venv and tests run on a Python 3.13 that
+# scripts/build-python.sh builds from Debian 13's source on first use (a few minutes).
 #
 #   tests/ansible-versions.sh [--units VERSIONS] [--sanity VERSIONS]
 #
@@ -14,7 +16,10 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-versions=(2.15 2.16 2.17 2.18 2.19)
+versions=(2.15 2.16 2.17 2.18 2.19 2.20)
+# The first ansible-core whose controller needs a newer Python than Debian 12's.
+newer_python_from=2.20
+newer_python=3.13
 cache=${FERRY_ANSIBLE_VERSIONS_DIR:-$HOME/.cache/ferry-hypervisor}
 units=all
 sanity=all
@@ -46,6 +51,24 @@ selected() {
     done
 }
 
+# The Python version (X.Y) that runs an ansible-core minor version's controller and tests.
+python_version() {
+    if [ "$(printf '%s\n' "$1" "$newer_python_from" | sort -V | head -1)" = "$newer_python_from" ]; then
+        echo "$newer_python"
+    else
+        echo 3.11
+    fi
+}
+
+# The interpreter of a Python version: Debian's 3.11, or the one built under the cache.
+python_of() {
+    if [ "$1" = "$newer_python" ]; then
+        "$root/scripts/build-python.sh" "$cache/python-$1"
+    else
+        command -v "python$1"
+    fi
+}
+
 # The ansible-test of one ansible-core minor version.
 ansible_test() {
     local version=$1 venv
@@ -57,7 +80,7 @@ ansible_test() {
     if ! "$venv/bin/ansible-test" --version 2>/dev/null | grep -q "^ansible-test version $version\."; then
         echo "ansible-versions.sh: making $venv" >&2
         rm -rf "$venv"
-        python3 -m venv "$venv"
+        "$(python_of "$(python_version "$version")")" -m venv "$venv"
         "$venv/bin/python" -m pip install -q --disable-pip-version-check "ansible-core==$version.*" >&2
     fi
     echo "$venv/bin/ansible-test"
@@ -72,7 +95,11 @@ for version in "${versions[@]}"; do
         [ "$command" = sanity ] && list=$sanity_versions
         grep -qx "$version" <<<"$list" || continue
         echo "=== ansible-core $version: $command"
-        if ! ANSIBLE_TEST=$(ansible_test "$version") "$root/tests/ansible-test.sh" "$command"; then
+        python=$(python_version "$version")
+        # ansible-test finds the interpreter of --python by its name, pythonX.Y, on PATH.
+        if ! interpreter=$(python_of "$python") || ! test=$(ansible_test "$version") ||
+            ! PATH=$(dirname "$interpreter"):$PATH ANSIBLE_TEST=$test FERRY_TEST_PYTHON=$python \
+                "$root/tests/ansible-test.sh" "$command"; then
             failed+=("$version $command")
         fi
     done
@@ -81,4 +108,5 @@ if ((${#failed[@]})); then
     printf 'ansible-versions.sh: FAILED: %s\n' "${failed[@]}"
     exit 1
 fi
-echo "ansible-versions.sh: passed: units on $(echo $unit_versions), sanity on $(echo $sanity_versions)"
+# The lists, one version a line, joined by spaces.
+echo "ansible-versions.sh: passed: units on $(echo "$unit_versions" | xargs), sanity on $(echo "$sanity_versions" | xargs)"

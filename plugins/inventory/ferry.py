@@ -9,7 +9,7 @@ DOCUMENTATION = r'''
 ---
 name: ferry
 short_description: The Ferry virtual machines of hypervisor hosts, as inventory hosts
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Asks the Ferry engine of each hypervisor host for its VMs (C(ferry --json list)) over SSH,
     with the operator's own SSH setup (the system C(ssh), so C(~/.ssh/config), the agent and

@@ -10,7 +10,7 @@ DOCUMENTATION = r'''
 ---
 module: host_info
 short_description: What a Ferry hypervisor host offers, for placement
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Reports the host's KVM, CPU model and feature flags, memory (total, free, committed to
     running VMs), CPUs and committed vCPUs, and its VMs, which are the facts placing a VM needs.
@@ -20,18 +20,8 @@ author:
 options: {}
 extends_documentation_fragment:
   - ferry.hypervisor.engine
-attributes:
-  check_mode:
-    support: full
-    description: Reads the same facts as a real run; nothing is changed either way.
-  diff_mode:
-    support: none
-    description: Changes nothing, so there is no difference to show.
-  action_group:
-    description: Use C(group/ferry.hypervisor.ferry) in C(module_defaults) to set its options.
-    support: full
-    membership:
-      - ferry.hypervisor.ferry
+  - ferry.hypervisor.attributes
+  - ferry.hypervisor.attributes.info_module
 seealso:
   - module: ferry.hypervisor.vm_info
 '''

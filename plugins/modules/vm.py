@@ -82,6 +82,7 @@ options:
     default: 30
 extends_documentation_fragment:
   - ferry.hypervisor.engine
+  - ferry.hypervisor.attributes
 attributes:
   check_mode:
     support: full
@@ -94,11 +95,6 @@ attributes:
   diff_mode:
     support: full
     description: Shows the definition and run state before and after.
-  action_group:
-    description: Use C(group/ferry.hypervisor.ferry) in C(module_defaults) to set its options.
-    support: full
-    membership:
-      - ferry.hypervisor.ferry
 notes:
   - Changing O(vcpus) or O(memory) of a running or paused VM fails with a message to stop it
     first. Other definition changes to a running VM are stored and take effect at its next

@@ -10,7 +10,7 @@ DOCUMENTATION = r'''
 ---
 module: vm_info
 short_description: The Ferry virtual machines of a host, with their snapshots
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Lists the VMs of a hypervisor host (or the ones named) with their definition, run state,
     snapshots and the age of the newest one, and the progress of a migration under way.
@@ -31,18 +31,8 @@ options:
     default: true
 extends_documentation_fragment:
   - ferry.hypervisor.engine
-attributes:
-  check_mode:
-    support: full
-    description: Reads the same facts as a real run; nothing is changed either way.
-  diff_mode:
-    support: none
-    description: Changes nothing, so there is no difference to show.
-  action_group:
-    description: Use C(group/ferry.hypervisor.ferry) in C(module_defaults) to set its options.
-    support: full
-    membership:
-      - ferry.hypervisor.ferry
+  - ferry.hypervisor.attributes
+  - ferry.hypervisor.attributes.info_module
 seealso:
   - module: ferry.hypervisor.host_info
   - module: ferry.hypervisor.vm_snapshot

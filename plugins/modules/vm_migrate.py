@@ -10,7 +10,7 @@ DOCUMENTATION = r'''
 ---
 module: vm_migrate
 short_description: Move a Ferry virtual machine to another host, live
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Run against the VM's source host. Prepares a receiver on the destination O(to) through
     that host's own inventory connection, moves the VM (live by default, the guest pausing only
@@ -77,6 +77,7 @@ options:
     type: str
 extends_documentation_fragment:
   - ferry.hypervisor.engine
+  - ferry.hypervisor.attributes
 attributes:
   action:
     support: full
@@ -87,11 +88,6 @@ attributes:
   diff_mode:
     support: full
     description: Shows which host holds the VM before and after.
-  action_group:
-    description: Use C(group/ferry.hypervisor.ferry) in C(module_defaults) to set its options.
-    support: full
-    membership:
-      - ferry.hypervisor.ferry
 notes:
   - Both hosts need the engine (the P(ferry.hypervisor.engine#role) role) and the source must
     reach O(address):O(port) of the destination.

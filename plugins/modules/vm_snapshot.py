@@ -10,7 +10,7 @@ DOCUMENTATION = r'''
 ---
 module: vm_snapshot
 short_description: Take, delete and restore snapshots of Ferry virtual machines
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Takes a snapshot of a running or paused VM (live by default, the guest pausing only for
     the last few milliseconds), deletes one, or runs the VM, or a clone of it, from one.
@@ -72,6 +72,7 @@ options:
     default: false
 extends_documentation_fragment:
   - ferry.hypervisor.engine
+  - ferry.hypervisor.attributes
 attributes:
   check_mode:
     support: full
@@ -84,11 +85,6 @@ attributes:
   diff_mode:
     support: full
     description: Shows the VM's snapshot ids before and after, and for a restore the run state of the restored VM.
-  action_group:
-    description: Use C(group/ferry.hypervisor.ferry) in C(module_defaults) to set its options.
-    support: full
-    membership:
-      - ferry.hypervisor.ferry
 notes:
   - The snapshot is taken, and the restore done, by the engine on the managed host
     (C(ferry snapshot create), C(ferry restore)); its errors are reported with its one-line message.

@@ -50,6 +50,13 @@ def ansible(lab):
     return Ansible(lab, os.path.dirname(lab.dir))
 
 
+@pytest.fixture(scope="module")
+def own_ansible(lab_environment):
+    """An ``ansible`` on a new lab of two hosts, without the engine, that only this test module uses."""
+    with own_lab(2) as lab:
+        yield Ansible(lab, os.path.dirname(lab.dir))
+
+
 # Where the engine role installs and keeps things; each an empty bind mount on a new lab host.
 ENGINE_PATHS = ("/opt/ferry", "/var/lib/ferry")
 
