@@ -64,7 +64,8 @@ def restore_machine(folder: Path, console, lazy: bool):
     """A paused machine built from the snapshot in ``folder``, as the VM process builds it
     for ``ferry restore`` once the command has verified the memory (so no digests here)."""
     snapshot = snapshots.load(folder, verify_memory=False)
-    return restore.build(snapshot, console, spec_of(snapshot.definition), lazy=lazy)
+    state_dir = folder.parents[3]  # STATE_DIR/vms/NAME/snapshots/ID: its host's settings apply
+    return restore.build(snapshot, console, spec_of(snapshot.definition, state_dir), lazy=lazy)
 
 
 def verify_snapshot(folder: Path) -> None:
