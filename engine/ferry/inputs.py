@@ -15,6 +15,8 @@ from .errors import FerryError
 
 VM_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 SNAPSHOT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}")
+TAG_RULE = "letters, digits, '_', '.', ':', '-'; at most 63; starts with a letter or digit"
 VM_NAME_RULE = "lowercase letters, digits, '.', '_', '-'; at most 63; starts with a letter or digit"
 SNAPSHOT_ID_RULE = "letters, digits, '_', '.', ':', '-'; at most 128; starts with a letter or digit"
 
@@ -36,6 +38,12 @@ def vm_name(value, field: str = "name") -> str:
 def snapshot_id(value, field: str = "snapshot") -> str:
     if not isinstance(value, str) or not SNAPSHOT_ID.fullmatch(value):
         raise InvalidName(f"{field}: {shown(value)} is not a valid snapshot id ({SNAPSHOT_ID_RULE})")
+    return value
+
+
+def tag(value, field: str = "tags") -> str:
+    if not isinstance(value, str) or not TAG.fullmatch(value):
+        raise InvalidName(f"{field}: {shown(value)} is not a valid tag ({TAG_RULE})")
     return value
 
 

@@ -182,7 +182,7 @@ class NotInstalledYet(object):
     def validate(self, values):
         cpu = values.get('cpu') or 'host'
         return dict(values, initrd=values.get('initrd'), cmdline=values.get('cmdline') or '',
-                    cpu=sorted(set(cpu)) if isinstance(cpu, list) else cpu)
+                    cpu=sorted(set(cpu)) if isinstance(cpu, list) else cpu, tags=sorted(set(values.get('tags') or [])))
 
     def get(self, name):
         return None

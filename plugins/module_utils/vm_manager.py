@@ -17,10 +17,11 @@ from collections import namedtuple
 
 from ansible_collections.ferry.hypervisor.plugins.module_utils.engine import EngineError
 
-DEFINITION_KEYS = ('name', 'vcpus', 'memory', 'kernel', 'initrd', 'cmdline', 'cpu')
+DEFINITION_KEYS = ('name', 'vcpus', 'memory', 'kernel', 'initrd', 'cmdline', 'cpu', 'tags')
 REQUIRED_TO_CREATE = ('vcpus', 'memory', 'kernel')
 # Sized when the VM process starts: only a stopped VM can take new values.
 FIXED_WHILE_ACTIVE = ('vcpus', 'memory')
+APPLIED_AT_ONCE = ('tags',)  # read by checkpoint policies and placement, not by the running guest
 ACTIVE = ('running', 'paused')
 
 Step = namedtuple('Step', ['action', 'args'])
@@ -48,8 +49,9 @@ class VmManager(object):
         # An empty initrd removes it: None already means "keep the stored one".
         if values.get('initrd') == '':
             values['initrd'] = None
-        if values.get('cpu') is None:
-            values.pop('cpu', None)  # the engine's default (host), and no key an older engine refuses
+        for key in ('cpu', 'tags'):
+            if values.get(key) is None:
+                values.pop(key, None)  # the engine's default, and no key an older engine refuses
         if current is None:
             self.check_creatable(values)
         return self.engine.validate(values)
@@ -67,7 +69,8 @@ class VmManager(object):
         target = self.params['state']
         if target == 'absent':
             return self.steps_to_absent(state)
-        changed_keys = [key for key in DEFINITION_KEYS if current is None or current.get(key) != desired.get(key)]
+        stored = definition_of(current) if current else None
+        changed_keys = [key for key in DEFINITION_KEYS if stored is None or stored[key] != desired.get(key)]
         if state in ACTIVE and target != 'stopped':
             self.check_changes_while_active(current, desired, changed_keys)
         define = [Step('define', (desired,))] if changed_keys else []
@@ -104,10 +107,11 @@ class VmManager(object):
             raise EngineError('%s: cannot change while VM %r is %s (%s); '
                               'stop it first (state=stopped), then apply the new definition'
                               % (fixed[0], self.name, current['state'], changes))
-        if changed_keys:
+        later = [key for key in changed_keys if key not in APPLIED_AT_ONCE]
+        if later:
             self.warnings.append('VM %r is %s: the new %s take%s effect when it next starts'
-                                 % (self.name, current['state'], ', '.join(changed_keys),
-                                    '' if len(changed_keys) > 1 else 's'))
+                                 % (self.name, current['state'], ', '.join(later),
+                                    '' if len(later) > 1 else 's'))
 
     # --- apply ---
 
@@ -138,7 +142,10 @@ def check_stop_timeout(value):
 
 
 def definition_of(vm):
-    return dict((key, vm.get(key)) for key in DEFINITION_KEYS)
+    """The definition part of an engine's VM record; an engine older than tags has none."""
+    values = dict((key, vm.get(key)) for key in DEFINITION_KEYS)
+    values['tags'] = values['tags'] or []
+    return values
 
 
 def absent(name):

@@ -74,6 +74,13 @@ options:
       - The engine presents exactly that CPUID and refuses to start the VM on a host that lacks
         part of it. A change applies when the VM next starts.
     type: raw
+  tags:
+    description:
+      - Tags of the VM (letters, digits, V(_), V(.), V(:), V(-)), which checkpoint policies
+        (the P(ferry.hypervisor.checkpoint#role) role's C(tags) section) select VMs by.
+      - The whole list is replaced; V([]) removes every tag. Not given keeps the stored tags.
+    type: list
+    elements: str
   stop_timeout:
     description:
       - Seconds a guest gets to shut down after the power button before it is powered off,
@@ -248,6 +255,7 @@ def main():
             initrd=dict(type='str'),
             cmdline=dict(type='str'),
             cpu=dict(type='raw'),
+            tags=dict(type='list', elements='str'),
             stop_timeout=dict(type='int', default=30),
         ),
         supports_check_mode=True,

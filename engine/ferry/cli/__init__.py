@@ -3,7 +3,8 @@
 Each feature module adds its subcommands through ``register(subparsers, common)``;
 only the module of the command being run is imported (``COMMANDS``), so a
 command pays for no other's imports. A handler takes the parsed arguments and
-returns a JSON-able result. With
+returns a JSON-able result (and may set ``args.exit_status``, for a command
+whose result is also a verdict: ``checkpoint check``). With
 ``--json`` the result is printed as one JSON document; otherwise the
 handler's ``render`` (if any) prints it for people. A streaming command
 (``streams``: ``console``) prints as it goes, JSON lines under ``--json``,
@@ -27,6 +28,7 @@ COMMANDS = {
                      "console", "migrated", "host-info"), "ferry.cli.vms"),
     **dict.fromkeys(("snapshot", "restore"), "ferry.cli.snapshots"),
     **dict.fromkeys(("migrate", "receive"), "ferry.cli.migrate"),
+    "checkpoint": "ferry.cli.checkpoint",
     "lab": "ferry.lab.cli",
 }
 
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    return 0
+    return getattr(args, "exit_status", 0)
 
 
 def error_kind(err: Exception) -> str:

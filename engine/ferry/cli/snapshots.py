@@ -36,7 +36,7 @@ def _row(snap: dict) -> list[str]:
     return [snap["id"], snap["created"][:19].replace("T", " "), f"{snap['memory_bytes'] >> 20} MiB",
             f"{(snap.get('disk_bytes') or 0) / 2**20:.1f} MiB" + (" zstd" if snap.get("compression") else ""),
             "-" if pause is None else f"{pause:.1f} ms", ",".join(snap["tags"]) or "-",
-            snap["origin"].get("kind") or "-", "ok"]
+            snap["origin"].get("kind") or "-", "ok, protected" if snap.get("protected") else "ok"]
 
 
 def cmd_create(args):
@@ -52,6 +52,10 @@ def cmd_list(args):
 
 def cmd_delete(args):
     return snapshots.delete(Host(args.state_dir), args.name, args.id)
+
+
+def cmd_protect(args):
+    return snapshots.protect(Host(args.state_dir), args.name, args.id, args.action == "protect")
 
 
 def cmd_verify(args):
@@ -91,6 +95,14 @@ def register(sub, common) -> None:
         parser.add_argument("id")
         parser.set_defaults(func=func, render=_render_snapshot if action == "verify"
                             else lambda r: print(f"{r['vm']}: snapshot {r['id']} deleted"))
+
+    for action, text in (("protect", "keep a snapshot from any prune and from delete"),
+                         ("unprotect", "allow a protected snapshot to be deleted again")):
+        parser = actions.add_parser(action, parents=[common], help=text)
+        parser.add_argument("name")
+        parser.add_argument("id")
+        parser.set_defaults(func=cmd_protect, render=lambda r: print(
+            f"{r['vm']}: snapshot {r['id']} {'protected' if r['protected'] else 'unprotected'}"))
 
     restore = sub.add_parser("restore", parents=[common], help="run a VM from one of its snapshots")
     restore.add_argument("name")

@@ -67,18 +67,19 @@ def create(host: Host, name: str, snapshot_id: str | None = None, tags=(), exit:
     if exit:
         # As bhyvectl --suspend: return once the VM is gone, so a restore can follow at once.
         host.wait_exit(vmdir, STOP_AFTER_SAVE_TIMEOUT)
-    return result
+    return {**result, "protected": False}  # a new snapshot is never protected
 
 
 def list_snapshots(host: Host, name: str) -> list[dict]:
     """Every snapshot, structure and sizes checked (not the memory digests: that is
     ``verify``); a damaged one is listed with the reason."""
     vmdir = host.existing(name)
-    found = []
+    found, protected = [], vmdir.protected_ids()
     for snapshot_id in vmdir.snapshot_ids():
         folder = vmdir.snapshot_dir(snapshot_id)
         try:
-            found.append(summary(folder, load(folder, verify_memory=False).manifest))
+            found.append({**summary(folder, load(folder, verify_memory=False).manifest),
+                          "protected": snapshot_id in protected})
         except fmt.SnapshotError as err:
             found.append({"id": snapshot_id, "path": str(folder), "error": str(err)})
     return found
@@ -86,15 +87,25 @@ def list_snapshots(host: Host, name: str) -> list[dict]:
 
 def delete(host: Host, name: str, snapshot_id: str) -> dict:
     vmdir, folder = _folder(host, name, snapshot_id)
+    if snapshot_id in vmdir.protected_ids():
+        raise Conflict(f"{name}: snapshot {snapshot_id} is protected; unprotect it first "
+                       f"(ferry snapshot unprotect {name} {snapshot_id})")
     host.check_operation("snapshot-delete", vmdir)
     statedir.remove_tree(host.root, folder)
     return {"id": snapshot_id, "vm": name, "deleted": True}
 
 
+def protect(host: Host, name: str, snapshot_id: str, protected: bool = True) -> dict:
+    """Mark a snapshot so that neither a policy's prune nor ``snapshot delete`` removes it."""
+    vmdir, _ = _folder(host, name, snapshot_id)
+    vmdir.set_protected(snapshot_id, protected)
+    return {"id": snapshot_id, "vm": name, "protected": protected}
+
+
 def verify(host: Host, name: str, snapshot_id: str, progress=None) -> dict:
-    _, folder = _folder(host, name, snapshot_id)
+    vmdir, folder = _folder(host, name, snapshot_id)
     manifest = load(folder, progress=progress).manifest
-    return {**summary(folder, manifest), "verified": True,
+    return {**summary(folder, manifest), "verified": True, "protected": snapshot_id in vmdir.protected_ids(),
             "sections": len(manifest["sections"]), "chunks": len(manifest["memory"]["chunks"])}
 
 

@@ -227,7 +227,7 @@ def _check_header(manifest) -> None:
 
 
 def _check_origin(origin) -> None:
-    _keys(origin, "origin", ("kind",), ("policy",))
+    _keys(origin, "origin", ("kind",), ("policy", "periods", "time"))
     for key, value in origin.items():
         _text(value, f"origin.{key}")
 

@@ -1,6 +1,6 @@
 """VM definitions: the YAML a person writes, validated into a typed, versioned record.
 
-Stored definitions carry ``format: 2`` (format 1 had no ``cpu``); disks and NICs
+Stored definitions carry ``format: 3`` (format 1 had no ``cpu``, 2 no ``tags``); disks and NICs
 will join as new optional keys under a new format number, and older files keep loading.
 """
 
@@ -16,22 +16,24 @@ from .. import inputs
 from ..layout import MAX_VCPUS
 from ..errors import DefinitionError
 
-FORMAT = 2
-READS = (1, 2)  # the formats this engine loads
+FORMAT = 3
+READS = (1, 2, 3)  # the formats this engine loads
 BUILTIN_PREFIX = "builtin:"
 MAX_MEMORY_MIB = 1024 * 1024
 MAX_CMDLINE = 4095
 MAX_FILE = 64 * 1024  # a definition is a few lines; anything bigger is not one
 STDIN = "stdin"  # how messages name a definition read from standard input
-KEYS = ("name", "vcpus", "memory", "kernel", "initrd", "cmdline", "cpu")
+KEYS = ("name", "vcpus", "memory", "kernel", "initrd", "cmdline", "cpu", "tags")
 MAX_CPU_FEATURES = 256
+MAX_TAGS = 64
 
 
 # A named tuple, not a dataclass: every command reads definitions, and ``dataclasses``
 # (with ``inspect``) would cost ``ferry list`` more than all the rest of its imports.
-class Definition(namedtuple("Definition", KEYS, defaults=(None, "", "host"))):
+class Definition(namedtuple("Definition", KEYS, defaults=(None, "", "host", ()))):
     """name, vcpus, memory (MiB), kernel, initrd (or None), cmdline, cpu (``host``,
-    ``baseline`` or a sorted tuple of feature names); immutable."""
+    ``baseline`` or a sorted tuple of feature names), tags (a sorted tuple: what
+    checkpoint policies and placement select VMs by); immutable."""
 
     __slots__ = ()
 
@@ -39,6 +41,7 @@ class Definition(namedtuple("Definition", KEYS, defaults=(None, "", "host"))):
         values = self._asdict()
         if isinstance(self.cpu, tuple):
             values["cpu"] = list(self.cpu)
+        values["tags"] = list(self.tags)
         return values
 
     def kernel_path(self) -> Path:
@@ -97,7 +100,18 @@ def validate(values) -> Definition:
         raise DefinitionError(f"memory: {memory} MiB must be a multiple of 2 MiB")
     return Definition(name=name, vcpus=_integer(values, "vcpus", 1, MAX_VCPUS),
                       memory=memory, kernel=_path(values, "kernel", True),
-                      initrd=_path(values, "initrd", False), cmdline=_cmdline(values), cpu=_cpu(values))
+                      initrd=_path(values, "initrd", False), cmdline=_cmdline(values), cpu=_cpu(values),
+                      tags=_tags(values))
+
+
+def _tags(values: dict) -> tuple[str, ...]:
+    tags = values.get("tags") or []
+    if not isinstance(tags, list) or len(tags) > MAX_TAGS:
+        raise DefinitionError(f"tags: expected a list of at most {MAX_TAGS} tags, got {inputs.shown(tags)}")
+    try:
+        return tuple(sorted({inputs.tag(tag) for tag in tags}))
+    except inputs.InvalidName as err:
+        raise DefinitionError(str(err)) from None
 
 
 def _cpu(values: dict):

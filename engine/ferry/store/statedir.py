@@ -114,6 +114,24 @@ class VmDir:
         return sorted(p.name for p in self.snapshots.iterdir()
                       if inputs.SNAPSHOT_ID.fullmatch(p.name) and (p.is_dir() or p.is_symlink()))
 
+    @property
+    def protected_folder(self) -> Path:
+        return self.path / "protected"
+
+    def protected_ids(self) -> set[str]:
+        """Snapshots no prune may delete: an empty file per id, beside (not in) the checksummed snapshot."""
+        if not self.protected_folder.is_dir():
+            return set()
+        return {p.name for p in self.protected_folder.iterdir() if inputs.SNAPSHOT_ID.fullmatch(p.name)}
+
+    def set_protected(self, snapshot_id: str, protected: bool) -> None:
+        marker = check_inside(self.root, self.protected_folder / inputs.snapshot_id(snapshot_id))
+        if protected:
+            self.protected_folder.mkdir(mode=0o700, exist_ok=True)
+            os.close(open_private(marker, os.O_WRONLY | os.O_CREAT))
+        else:
+            marker.unlink(missing_ok=True)
+
     def exists(self) -> bool:
         return self.definition_file.is_file()
 

@@ -86,7 +86,7 @@ def test_a_format_1_definition_loads_as_host(tmp_path):
     path = tmp_path / "vm.yaml"
     path.write_text("format: 1\nname: vm1\nvcpus: 1\nmemory: 32\nkernel: builtin:selfcheck\n")
     assert definition.load_file(path).cpu == "host"
-    assert "format: 2" in definition.dump(definition.load_file(path))
+    assert f"format: {definition.FORMAT}" in definition.dump(definition.load_file(path))
 
 
 def test_a_host_without_host_yaml_hides_nothing_and_with_one_hides_its_list(tmp_path):

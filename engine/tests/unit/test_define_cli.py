@@ -9,7 +9,7 @@ import sys
 import pytest
 
 VM = {"name": "vm1", "vcpus": 1, "memory": 16, "kernel": "builtin:selfcheck", "cmdline": "hb=100"}
-STORED = {**VM, "initrd": None, "cpu": "host"}
+STORED = {**VM, "initrd": None, "cpu": "host", "tags": []}
 
 
 def ferry(tmp_path, *args, stdin: bytes | str = b""):

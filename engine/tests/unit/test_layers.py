@@ -8,7 +8,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "ferry"
 LAYERS = ["errors", "files", "inputs", "layout", "kvm", "memory", "boot", "devices", "guests", "machine", "snapshot",
-          "migration", "store", "control", "vmprocess", "host", "lab", "cli"]
+          "migration", "store", "control", "vmprocess", "host", "checkpoint", "lab", "cli"]
 
 
 STRING_IMPORT = re.compile(r"ferry(\.[a-z_][a-z0-9_]*)+")

@@ -183,7 +183,7 @@ class FakeFerry:
                     "mode": "stop-the-world" if "--stop-the-world" in options else "live", "tags": tags,
                     "origin": {"kind": "manual"}, "pause_ms": 3.0, "total_ms": 120.0, "disk_bytes": 4096,
                     "memory_bytes": vm["memory"] << 20, "compression": "zstd" if compressed else None,
-                    "compress_ms": 10.0 if compressed else None,
+                    "compress_ms": 10.0 if compressed else None, "protected": False,
                     "path": f"{state_dir}/vms/{vm['name']}/snapshots/{snapshot_id}"}
         kept.append(snapshot)
         return copy.deepcopy(snapshot)
@@ -210,7 +210,8 @@ class FakeFerry:
 
     @staticmethod
     def _definition(vm):
-        return dict((key, vm[key]) for key in ("name", "vcpus", "memory", "kernel", "initrd", "cmdline", "cpu"))
+        return dict((key, vm.get(key, [])) for key in ("name", "vcpus", "memory", "kernel", "initrd", "cmdline", "cpu",
+                                                       "tags"))
 
     def _host_info(self, state_dir):
         vms = [dict((key, vm[key]) for key in ("name", "state", "vcpus", "memory"))

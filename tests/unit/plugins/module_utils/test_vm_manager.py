@@ -141,7 +141,8 @@ def test_diff_shows_definition_before_and_after(kernel):
     before, after = result["diff"]["before"], result["diff"]["after"]
     assert (before["cmdline"], before["vcpus"], before["state"]) == ("hb=1000", 1, "stopped")
     assert (after["cmdline"], after["vcpus"], after["state"]) == ("hb=500", 2, "running")
-    assert set(before) == set(after) == {"name", "vcpus", "memory", "kernel", "initrd", "cmdline", "cpu", "state"}
+    assert set(before) == set(after) == {"name", "vcpus", "memory", "kernel", "initrd", "cmdline", "cpu", "tags",
+                                                "state"}
 
 
 def test_diff_of_a_new_and_a_removed_vm(kernel):
@@ -202,6 +203,23 @@ def test_other_changes_to_a_running_vm_are_stored_with_a_warning(kernel):
     assert cli.calls == ["define"]
     assert result["changed"] is True
     assert result["warnings"] == [f"VM '{NAME}' is running: the new cmdline takes effect when it next starts"]
+
+
+def test_tags_of_a_running_vm_change_at_once_without_a_warning_and_not_twice(kernel):
+    cli = FakeFerry(make_vm(kernel, "running"))
+    result = apply(cli, make_params(kernel, "running", tags=["web", "db", "db"]))
+    assert (cli.calls, result["changed"], result["warnings"]) == (["define"], True, [])
+    assert result["vm"]["tags"] == ["db", "web"]
+    again = apply(cli, make_params(kernel, "running", tags=["web", "db"]))
+    assert again["changed"] is False
+    assert apply(cli, make_params(kernel, "running"))["changed"] is False  # not given: kept
+    assert apply(cli, make_params(kernel, "running", tags=[]))["vm"]["tags"] == []
+
+
+def test_a_bad_tag_is_the_engines_one_line(kernel):
+    cli = FakeFerry(make_vm(kernel, "running"))
+    with pytest.raises(EngineError, match=r"tags: '\.\./x' is not a valid tag"):
+        apply(cli, make_params(kernel, "running", tags=["../x"]))
 
 
 @pytest.mark.parametrize("target", ["present", "running", "stopped", "paused"])
@@ -324,7 +342,7 @@ def test_check_mode_without_an_engine_predicts_the_vm_with_a_warning(kernel, tmp
                                         "assuming the ferry.hypervisor.engine role installs it")
     assert module.result["diff"]["before"] == {"name": NAME, "state": "absent"}
     assert module.result["diff"]["after"] == {"name": NAME, "vcpus": 1, "memory": 64, "kernel": kernel,
-                                              "initrd": None, "cmdline": "hb=1000", "cpu": "host",
+                                              "initrd": None, "cmdline": "hb=1000", "cpu": "host", "tags": [],
                                               "state": "running"}
     assert module.result["vm"]["state"] == "running"
     assert cli.commands == []
