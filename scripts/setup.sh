@@ -9,7 +9,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 packages=(
-    openssh-server openssh-client iproute2 iputils-ping procps psmisc util-linux
+    openssh-server openssh-client cron iproute2 iputils-ping procps psmisc util-linux
     gcc make binutils python3 python3-venv python3-dev
     busybox-static cpio gzip lz4 zstd
     # The benchmarks' anchors, which the test suite's smoke runs measure (bench/README.md):

@@ -169,6 +169,8 @@ class Lab:
             pending.append((host, log))
         for host, log in pending:
             host["sshd_pid"] = sshd.wait_ready(host, log)
+        for host in state["hosts"]:
+            host["cron_pid"] = sshd.launch_cron(self.enter(host), host["root"])
         return host_keys
 
     def write_known_hosts(self, state: dict, host_keys: dict[str, str]) -> None:
@@ -302,11 +304,13 @@ class Lab:
     def host_status(self, host: dict) -> dict:
         ns_present = os.path.exists(f"/run/netns/{host['ns']}")
         pids = net.netns_pids(host["ns"]) if ns_present else []
-        processes = [{"pid": pid, "cmd": cmdline(pid)} for pid in pids if pid != host["sshd_pid"]]
+        daemons = (host["sshd_pid"], host.get("cron_pid"))
+        processes = [{"pid": pid, "cmd": cmdline(pid)} for pid in pids if pid not in daemons]
         return {
             "name": host["name"], "ns": host["ns"], "veth": host["veth"],
             "ipv4": host["ipv4"], "ipv6": host["ipv6"], "namespace": ns_present,
             "sshd_pid": host["sshd_pid"], "sshd_alive": sshd.alive(host["sshd_pid"], host["ns"]),
+            "cron_pid": host.get("cron_pid"), "cron_alive": host.get("cron_pid") in pids,
             "link_up": net.link_is_up(host["veth"]),
             "rate": host["link"]["rate"], "delay": host["link"]["delay"],
             "processes": [p for p in processes if p["cmd"]],
@@ -344,8 +348,11 @@ class Lab:
         if not sshd.alive(entry["sshd_pid"], entry["ns"]):
             raise FerryError(f"sshd of {host} is not running, so its mount namespace is gone "
                              f"(ferry lab down and up again)")
-        return ["nsenter", f"--net=/run/netns/{entry['ns']}",
-                f"--mount=/proc/{entry['sshd_pid']}/ns/mnt", "--", *argv]
+        return [*self.enter(entry), *argv]
+
+    @staticmethod
+    def enter(entry: dict) -> list[str]:
+        return ["nsenter", f"--net=/run/netns/{entry['ns']}", f"--mount=/proc/{entry['sshd_pid']}/ns/mnt", "--"]
 
     def exec(self, host: str, argv: list[str], **kwargs) -> subprocess.CompletedProcess:
         return subprocess.run(self.command(host, argv), **kwargs)

@@ -1,4 +1,4 @@
-"""Keys and one Debian sshd per lab host.
+"""Keys, one Debian sshd and one cron daemon per lab host.
 
 Each sshd runs inside its host's network namespace and in a private mount
 namespace where the standard Ferry paths are bind mounts of the host's own
@@ -18,6 +18,8 @@ from ..errors import FerryError
 from .net import first_line, run
 
 SSHD = "/usr/sbin/sshd"
+CRON = "/usr/sbin/cron"
+CRON_PIDFILE = "/run/crond.pid"  # Debian cron's, fixed; each host's cron gets a file of its own bound there
 START_TIMEOUT = 10.0
 
 TOOLS = {"ip": "iproute2", "ssh-keygen": "openssh-client", "setsid": "util-linux",
@@ -109,6 +111,39 @@ def launch(host: dict, dirs: dict[str, str], config: str, log: str) -> None:
         raise FerryError(f"could not start sshd for {host['name']}: {last_line(log)}")
 
 
+def cron_script(host_root: str) -> str:
+    """Cron in a mount namespace of its own below the host's: its pid file (which cron locks,
+    so two crons would refuse each other) and an empty /etc/crontab (the machine's daily jobs
+    are not the host's) are private; /etc/cron.d is the host's own already."""
+    pidfile, crontab = os.path.join(host_root, "crond.pid"), os.path.join(host_root, "crontab")
+    for path in (pidfile, crontab):
+        open(path, "a").close()
+    return "; ".join(["set -e", f"touch {CRON_PIDFILE}",
+                      f"mount --bind {shlex.quote(pidfile)} {CRON_PIDFILE}",
+                      f"mount --bind {shlex.quote(crontab)} /etc/crontab", f"exec {CRON} -f"])
+
+
+def launch_cron(enter: list[str], host_root: str) -> int:
+    """Start the host's cron daemon detached, inside the host (``enter``: the nsenter argv
+    prefix); returns its pid, once it has written it."""
+    log, pidfile = os.path.join(host_root, "cron.log"), os.path.join(host_root, "crond.pid")
+    if os.path.exists(pidfile):
+        os.unlink(pidfile)
+    argv = ["setsid", "-f", *enter, "unshare", "--mount", "--propagation", "private",
+            "sh", "-c", cron_script(host_root)]
+    with open(log, "ab") as out:
+        subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, close_fds=True,
+                       timeout=START_TIMEOUT, check=False)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        pid = read_pid(pidfile)
+        if pid:
+            return pid
+        time.sleep(0.02)
+    raise FerryError(f"cron of {os.path.basename(host_root)} did not start in {START_TIMEOUT:.0f} s: "
+                     f"{last_line(log)}")
+
+
 def wait_ready(host: dict, log: str) -> int:
     # sshd writes its pid file once its sockets are bound; then a connect confirms it.
     deadline = time.monotonic() + START_TIMEOUT
@@ -162,8 +197,9 @@ def check_tools() -> None:
     for tool, package in TOOLS.items():
         if shutil.which(tool) is None:
             raise FerryError(f"{tool} not found: install {package}")
-    if not os.access(SSHD, os.X_OK):
-        raise FerryError(f"{SSHD} not found: install openssh-server")
+    for path, package in ((SSHD, "openssh-server"), (CRON, "cron")):
+        if not os.access(path, os.X_OK):
+            raise FerryError(f"{path} not found: install {package}")
     proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"],
                           capture_output=True, text=True, timeout=START_TIMEOUT)
     if proc.returncode != 0:
