@@ -28,9 +28,10 @@ def write_range(memory, fd: int, start: int, end: int) -> None:
         start += sent
 
 
-def copy_into(memfd: int, fd: int, start: int, end: int) -> None:
-    """File to guest RAM at the same offsets, inside the kernel (sendfile)."""
-    os.lseek(memfd, start, os.SEEK_SET)
+def copy_into(memfd: int, fd: int, start: int, end: int, at: int | None = None) -> None:
+    """File bytes ``start`` to ``end`` to guest RAM at offset ``at`` (the same offsets if
+    not given), inside the kernel (sendfile)."""
+    os.lseek(memfd, start if at is None else at, os.SEEK_SET)
     while start < end:
         got = os.sendfile(memfd, fd, start, end - start)
         if got == 0:

@@ -114,6 +114,9 @@ class VmDir:
         return sorted(p.name for p in self.snapshots.iterdir()
                       if inputs.SNAPSHOT_ID.fullmatch(p.name) and (p.is_dir() or p.is_symlink()))
 
+    def snapshot_dirs(self) -> list[Path]:
+        return [self.snapshot_dir(snapshot_id) for snapshot_id in self.snapshot_ids()]
+
     def exists(self) -> bool:
         return self.definition_file.is_file()
 
