@@ -9,9 +9,9 @@ usable RAM holds non-zero patterns, written once and then only read (1 GiB and 4
 guest under ``-accel tcg`` that first reports what its kernel leaves non-zero, then fills
 tmpfs up to Ferry's footprint (see bench/qemu.py). These saves are ``--full``.
 
-Incremental saves: a second guest (``CHANGING_CMDLINE``) owns half its RAM and rewrites
-it in order at a steady rate; once it has written all of it, a full save, then, after it
-rewrote about 10 % of its RAM, an incremental save (chunks compared by digest with the
+Incremental saves: a second guest (``changing_cmdline``) owns half its RAM and rewrites
+it in order, slowly enough that 10 % of its RAM takes ``CHANGE_S``; once it has written all
+of it, a full save, then, after it rewrote about 10 % of its RAM, an incremental save (chunks compared by digest with the
 full one, unchanged ones hard-linked) and, at once, a full save of the same state as
 its anchor: pause, total time, bytes written and disk bytes.
 """
@@ -36,8 +36,15 @@ from common import (GIB, HEARTBEAT, MIB, BenchError, Ferry, Row, anchor_missing,
 
 GUEST_CMDLINE = "fill=10 rate=0 hb=50"
 CHANGED = 0.10  # of the guest's RAM rewritten between the full and the incremental save
-CHANGE_RATE = 20000  # pages per second the changing guest writes (80 MiB/s)
-CHANGING_CMDLINE = f"fill=50 rate={CHANGE_RATE} hb=50"
+CHANGE_S = 2.0  # how long that takes: long beside a save, so what changes during one stays small
+
+
+def changed_pages(memory: int) -> int:
+    return round(CHANGED * memory * MIB / 4096)
+
+
+def changing_cmdline(memory: int) -> str:
+    return f"fill=50 rate={round(changed_pages(memory) / CHANGE_S)} hb=50"
 UNCAPPED = 1 << 40
 
 
@@ -205,9 +212,9 @@ def writes_so_far(ferry: Ferry, name: str) -> int:
 def measure_incremental(ferry: Ferry, memory: int, repeats: int) -> dict:
     """Full save, ``CHANGED`` of RAM rewritten, incremental save and a full one of the same state."""
     name = f"incr-{memory}"
-    progress(f"Ferry {memory} MiB: incremental saves ({CHANGING_CMDLINE}, {CHANGED:.0%} changed)")
-    start_guest(ferry, name, memory, CHANGING_CMDLINE)
-    pages = round(CHANGED * memory * MIB / 4096)
+    cmdline, pages = changing_cmdline(memory), changed_pages(memory)
+    progress(f"Ferry {memory} MiB: incremental saves ({cmdline}, {CHANGED:.0%} changed)")
+    start_guest(ferry, name, memory, cmdline)
     runs = []
     try:
         for i in range(repeats):
