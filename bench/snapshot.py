@@ -7,7 +7,13 @@ Ferry's guest is the self-checking guest with ``fill=10 rate=0``: about 10 % of 
 usable RAM holds non-zero patterns, written once and then only read (1 GiB and 4 GiB;
 ``--quick``: 1 GiB; ``--smoke``: 128 MiB, once, every row and anchor). QEMU runs a Linux
 guest under ``-accel tcg`` that first reports what its kernel leaves non-zero, then fills
-tmpfs up to Ferry's footprint (see bench/qemu.py).
+tmpfs up to Ferry's footprint (see bench/qemu.py). These saves are ``--full``.
+
+Incremental saves: a second guest (``changing_cmdline``) owns half its RAM and rewrites
+it in order, slowly enough that 10 % of its RAM takes ``CHANGE_S``; once it has written all
+of it, a full save, then, after it rewrote about 10 % of its RAM, an incremental save (chunks compared by digest with the
+full one, unchanged ones hard-linked) and, at once, a full save of the same state as
+its anchor: pause, total time, bytes written and disk bytes.
 """
 
 from __future__ import annotations
@@ -29,6 +35,16 @@ from common import (GIB, HEARTBEAT, MIB, BenchError, Ferry, Row, anchor_missing,
                     wait_for)
 
 GUEST_CMDLINE = "fill=10 rate=0 hb=50"
+CHANGED = 0.10  # of the guest's RAM rewritten between the full and the incremental save
+CHANGE_S = 2.0  # how long that takes: long beside a save, so what changes during one stays small
+
+
+def changed_pages(memory: int) -> int:
+    return round(CHANGED * memory * MIB / 4096)
+
+
+def changing_cmdline(memory: int) -> str:
+    return f"fill=50 rate={round(changed_pages(memory) / CHANGE_S)} hb=50"
 UNCAPPED = 1 << 40
 
 
@@ -83,12 +99,12 @@ def disk_bandwidth(directory: Path, mib: int, reads: int = 3) -> dict:
 
 # --- Ferry, through its command line ---
 
-def start_guest(ferry: Ferry, name: str, memory: int) -> int:
+def start_guest(ferry: Ferry, name: str, memory: int, cmdline: str = GUEST_CMDLINE) -> int:
     """Start the guest and wait until every owned page has been written once; returns the owned pages."""
-    ferry.define(name, memory, cmdline=GUEST_CMDLINE)
+    ferry.define(name, memory, cmdline=cmdline)
     ferry.run("start", name)
     owned = ferry.owned_pages(name)
-    wait_for(lambda: any(beat[3] >= owned for beat in ferry.heartbeats(name)), 120,
+    wait_for(lambda: any(beat[3] >= owned for beat in ferry.heartbeats(name)), 300,
              f"{name}: first pass over its {owned} pages")
     return owned
 
@@ -97,7 +113,8 @@ def save(ferry: Ferry, name: str, snapshot: str, *flags: str) -> dict:
     wall, result = ferry.run("snapshot", "create", name, "--snapshot", snapshot, *flags, timeout=600)
     manifest = json.loads((Path(result["path"]) / "manifest.json").read_text())
     return {"wall_s": wall, "total_s": result["total_ms"] / 1000, "pause_s": result["pause_ms"] / 1000,
-            "disk_bytes": result["disk_bytes"], "rounds": manifest["save"]["rounds"],
+            "disk_bytes": result["disk_bytes"], "shared_bytes": result["shared_bytes"],
+            "rounds": manifest["save"]["rounds"],
             "bytes_written": manifest["save"]["bytes_written"], "path": result["path"]}
 
 
@@ -170,8 +187,8 @@ def measure_ferry(ferry: Ferry, memory: int, repeats: int) -> dict:
     owned = start_guest(ferry, name, memory)
     try:
         progress(f"Ferry {memory} MiB: {repeats} live saves, {repeats} stop-the-world saves, verifies")
-        live = [save(ferry, name, f"live-{i}") for i in range(repeats)]
-        stw = [save(ferry, name, f"stw-{i}", "--stop-the-world") for i in range(repeats)]
+        live = [save(ferry, name, f"live-{i}", "--full") for i in range(repeats)]
+        stw = [save(ferry, name, f"stw-{i}", "--stop-the-world", "--full") for i in range(repeats)]
         verify = [ferry.run("snapshot", "verify", name, f"live-{i}", timeout=600)[0] for i in range(repeats)]
         progress(f"Ferry {memory} MiB: restores (command, lazy and eager)")
         lazy = [restore_cli(ferry, name, f"live-{i}", f"lazy-{memory}-{i}", eager=False) for i in range(repeats)]
@@ -186,6 +203,46 @@ def measure_ferry(ferry: Ferry, memory: int, repeats: int) -> dict:
     return {"owned_pages": owned, "live": live, "stw": stw, "verify_s": verify, "restore_lazy": lazy,
             "restore_eager": eager, "in_process_lazy": in_lazy, "in_process_eager": in_eager,
             "in_process_verify_s": in_verify}
+
+
+def writes_so_far(ferry: Ferry, name: str) -> int:
+    return ferry.heartbeats(name)[-1][3]
+
+
+def measure_incremental(ferry: Ferry, memory: int, repeats: int) -> dict:
+    """Full save, ``CHANGED`` of RAM rewritten, incremental save and a full one of the same state."""
+    name = f"incr-{memory}"
+    cmdline, pages = changing_cmdline(memory), changed_pages(memory)
+    progress(f"Ferry {memory} MiB: incremental saves ({cmdline}, {CHANGED:.0%} changed)")
+    start_guest(ferry, name, memory, cmdline)
+    runs = []
+    try:
+        for i in range(repeats):
+            save(ferry, name, f"base-{i}", "--full")
+            target = writes_so_far(ferry, name) + pages
+            wait_for(lambda: writes_so_far(ferry, name) >= target, 120, f"{name}: {pages} pages rewritten")
+            incremental = save(ferry, name, f"incr-{i}")
+            runs.append({"incremental": incremental, "full": save(ferry, name, f"full-{i}", "--full")})
+            for snapshot in (f"base-{i}", f"full-{i}"):
+                ferry.run("snapshot", "delete", name, snapshot)
+        verify = [ferry.run("snapshot", "verify", name, f"incr-{i}", timeout=600)[0] for i in range(repeats)]
+    finally:
+        ferry.remove(name)
+    return {"runs": runs, "changed_bytes": pages * 4096, "verify_s": verify}
+
+
+def incremental_rows(memory: int, measured: dict) -> list[Row]:
+    size, runs = size_label(memory), measured["runs"]
+    changed = f"{CHANGED:.0%} of RAM changed"
+    rows = []
+    for key, metric, unit in (("pause_s", "guest paused (pause_ms)", "s"), ("total_s", "total (total_ms)", "s"),
+                              ("bytes_written", "bytes written", "B"), ("disk_bytes", "disk bytes held alone", "B")):
+        rows.append(Row(f"incremental save, {changed}: {metric} [{size}]", unit,
+                        [r["incremental"][key] for r in runs], [r["full"][key] for r in runs],
+                        "full save (--full) of the same guest state", "lower",
+                        extra={"shared_bytes": [r["incremental"]["shared_bytes"] for r in runs],
+                               "changed_bytes": measured["changed_bytes"]}))
+    return rows
 
 
 # --- QEMU ---
@@ -323,13 +380,14 @@ def main() -> int:
             progress(f"disk: write + fdatasync, page-cache read ({size_label(memory)} round)")
             disk = disk_bandwidth(ferry.state_dir, probe_mib(memory))
             f = measure_ferry(ferry, memory, repeats)
+            incremental = measure_incremental(ferry, memory, repeats)
             q = None
             if not why_no_qemu:
                 # A QEMU that fails is an anchor that did not measure: the run fails with it.
                 q = measure_qemu(Path(scratch), memory, median(s["disk_bytes"] for s in f["live"]), repeats)
-            rows += rows_for(memory, f, q, why_no_qemu, disk)
+            rows += rows_for(memory, f, q, why_no_qemu, disk) + incremental_rows(memory, incremental)
             notes += [footprint_note(memory, f, q), disk_note(memory, disk)]
-            raw[size_label(memory)] = {"ferry": f, "qemu": q, "disk": disk}
+            raw[size_label(memory)] = {"ferry": f, "incremental": incremental, "qemu": q, "disk": disk}
     notes += [f"QEMU: {why_no_qemu or qemu.version()}; guest under -accel tcg, 1 vCPU",
               "`ferry restore` checks every checksum before it starts the VM, so its time includes a verify",
               f"load average before/after: {load_before} / {load_average()}"]

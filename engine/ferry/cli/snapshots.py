@@ -43,7 +43,7 @@ def cmd_create(args):
     with progress_bar(args.name) as progress:
         return snapshots.create(Host(args.state_dir), args.name, args.snapshot, args.tag or (),
                                 exit=args.exit, live=not args.stop_the_world, compress=args.compress,
-                                progress=progress)
+                                full=args.full, progress=progress)
 
 
 def cmd_list(args):
@@ -81,7 +81,10 @@ def register(sub, common) -> None:
     create.add_argument("--tag", action="append", help="tag the snapshot (repeatable)")
     create.add_argument("--exit", action="store_true", help="stop the VM after saving")
     create.add_argument("--stop-the-world", action="store_true", help="pause for the whole save")
-    create.add_argument("--compress", action="store_true", help="zstd-compress the memory (archives; restores eagerly)")
+    create.add_argument("--compress", action="store_true",
+                        help="zstd-compress the memory (archives; always full; restores eagerly)")
+    create.add_argument("--full", action="store_true",
+                        help="store every chunk, sharing none with the VM's newest snapshot")
     create.set_defaults(func=cmd_create, render=_render_snapshot)
 
     listing = actions.add_parser("list", parents=[common], help="list a VM's snapshots")

@@ -44,8 +44,10 @@ def _folder(host: Host, name: str, snapshot_id: str):
 
 
 def create(host: Host, name: str, snapshot_id: str | None = None, tags=(), exit: bool = False,
-           live: bool = True, origin: dict | None = None, compress: bool = False, progress=None) -> dict:
-    """Save a running VM; ``progress(step, done, total)`` hears how far the VM process got."""
+           live: bool = True, origin: dict | None = None, compress: bool = False, full: bool = False,
+           progress=None) -> dict:
+    """Save a running VM; ``progress(step, done, total)`` hears how far the VM process got.
+    It shares unchanged chunks with the VM's newest snapshot unless ``full``."""
     vmdir = host.existing(name)
     if not vmdir.process_alive():
         raise Conflict(f"{name}: the VM is not running; a snapshot saves a running VM")
@@ -58,7 +60,7 @@ def create(host: Host, name: str, snapshot_id: str | None = None, tags=(), exit:
         with Watch(progress_file(vmdir.path), progress):
             result = control.request(vmdir.socket, "snapshot", timeout=SAVE_TIMEOUT, id=snapshot_id,
                                      tags=list(tags), exit=exit, live=live, origin=origin or {"kind": "manual"},
-                                     compress=compress)
+                                     compress=compress, full=full)
     except BaseException:
         # The VM process removes the claim of a save it failed; one that never got the request cannot.
         if not vmdir.process_alive():

@@ -47,10 +47,10 @@ def pieces(start: int, end: int):
         start += length
 
 
-def data_ranges(fd: int, size: int):
-    """(start, end) of the ranges of ``fd``'s first ``size`` bytes that hold data; holes
-    read as zero."""
-    position = 0
+def data_ranges(fd: int, size: int, first: int = 0):
+    """(start, end) of the ranges of ``fd``'s bytes ``first`` to ``size`` that hold data;
+    holes read as zero."""
+    position = first
     while position < size:
         try:
             start = os.lseek(fd, position, os.SEEK_DATA)

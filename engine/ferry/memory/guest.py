@@ -3,7 +3,8 @@
 RAM above ``PCI_HOLE_START`` is moved past 4 GiB, so a guest larger than
 3 GiB gets two slots with the MMIO hole between them. The memfd is the
 single backing store: snapshots and migration move it with sendfile /
-copy_file_range, and a restore can map a snapshot file in its place.
+copy_file_range, and a restore can map a snapshot's memory in its place (one
+file, or one file per 2 MiB chunk, each mapped at its offset).
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ from ..layout import PCI_HOLE_END, PCI_HOLE_START
 
 FALLOC_PUNCH_HOLE = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 MADV_POPULATE_WRITE = 23
+MAP_FIXED = 0x10
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int64)
 
 
 @dataclass(frozen=True)
@@ -48,26 +52,44 @@ def plan_regions(size: int) -> list[Region]:
 
 
 class GuestMemory:
-    def __init__(self, size: int, fd: int | None = None, private: bool = False):
+    def __init__(self, size: int, fd: int | None = None, private: bool = False, pieces=None):
         """Create ``size`` bytes of RAM, or map an existing file ``fd`` (snapshots).
 
         ``private`` maps the file copy-on-write, so the guest never writes
-        back to it (lazy restore from a snapshot's memory file).
+        back to it (lazy restore from a snapshot's memory file). ``pieces``, an
+        iterable of (offset, length, fd), maps instead each file copy-on-write at
+        its offset over zeroed private memory (a snapshot stored in chunk files);
+        the caller closes those fds, the mappings keep the files.
         """
         if size <= 0 or size % (2 * 1024 * 1024):
             raise GuestMemoryError(f"memory size {size} must be a positive multiple of 2 MiB")
         self.size = size
         self.regions = plan_regions(size)
-        if fd is None:
+        if fd is None and pieces is None:
             fd = os.memfd_create("ferry-guest-ram", os.MFD_CLOEXEC)
             os.ftruncate(fd, size)
         self.fd = fd
-        self.private = private
-        flags = mmap.MAP_PRIVATE if private else mmap.MAP_SHARED
-        self.map = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        self.private = private or pieces is not None
+        flags = mmap.MAP_PRIVATE if self.private else mmap.MAP_SHARED
+        self.map = mmap.mmap(-1 if fd is None else fd, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         self.view = memoryview(self.map)
         # The ctypes view is dropped at once so the mmap can still be closed later.
         self.base_address = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
+        try:
+            for offset, length, piece_fd in pieces or ():
+                self._map_over(offset, length, piece_fd)
+        except BaseException:
+            self.close()
+            raise
+
+    def _map_over(self, offset: int, length: int, fd: int) -> None:
+        """Replace part of the mapping by a private mapping of ``fd``; closing the whole
+        mapping later unmaps it too."""
+        address = self.base_address + offset
+        got = _libc.mmap(address, length, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | MAP_FIXED, fd, 0)
+        if got != address:
+            err = ctypes.get_errno()
+            raise OSError(err, f"mapping guest RAM at {offset:#x}: {os.strerror(err)}")
 
     def offset_of(self, gpa: int, length: int = 1) -> int:
         for region in self.regions:
@@ -117,4 +139,5 @@ class GuestMemory:
             self.map.close()
         except BufferError:
             pass  # a slice still referenced (e.g. by a traceback) keeps the mapping until it goes
-        os.close(self.fd)
+        if self.fd is not None:
+            os.close(self.fd)

@@ -1,11 +1,15 @@
-"""A memory image: guest RAM saved in a file, raw or zstd, read back to verify or restore it.
+"""A memory image: guest RAM saved in a file, raw or zstd, or in one file per 2 MiB chunk,
+read back to verify or restore it.
 
 A raw image holds the RAM byte for byte at the same offsets, its all-zero ranges
 holes, so it can be mapped in place of guest RAM (a lazy restore) or copied into a
 memfd inside the kernel. A zstd image holds the whole raw image compressed (holes
 compress to almost nothing), for archives; it can only be decompressed into RAM.
-Chunk digests are those of the raw bytes either way, so a verify checks the same
-thing for both.
+Chunk files (``ChunkFiles``) hold one chunk each at offset 0, all-zero chunks
+absent; being whole files, unchanged chunks can be hard links shared between
+snapshots, and each file is mapped at its chunk's offset for a lazy restore.
+Chunk digests are those of the raw bytes in every case, so a verify checks the same
+thing for all.
 """
 
 from __future__ import annotations
@@ -36,28 +40,67 @@ def _no_progress(step: str, done: int, total: int) -> None:
     pass
 
 
-def compress_file(raw: Path, progress=None) -> dict:
-    """Replace the raw image ``raw`` by ``raw.zst``; return what it cost.
-    ``progress("compress", done, total)`` hears the raw bytes read so far."""
+def compress_blocks(blocks, total: int, target: Path, progress=None) -> dict:
+    """Write the raw image given as ``blocks`` (``total`` bytes in all) to ``target``,
+    zstd-compressed; return what it cost. ``progress("compress", done, total)`` hears
+    the raw bytes read so far."""
     started = time.perf_counter()
-    target = raw.with_name(raw.name + ZSTD_SUFFIX)
     compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
-    with open(raw, "rb") as source, open_private(target) as sink:
-        total, done = os.fstat(source.fileno()).st_size, 0
+    with open_private(target) as sink:
+        done = 0
         with compressor.stream_writer(sink, closefd=False) as writer:
-            while block := source.read(chunks.CHUNK_SIZE):
+            for block in blocks:
                 writer.write(block)
                 done += len(block)
                 if progress:
                     progress("compress", done, total)
         sink.flush()
         os.fsync(sink.fileno())
-    os.unlink(raw)
     return {"file": target.name, "compression": "zstd", "compressed_bytes": target.stat().st_size,
             "compress_ms": (time.perf_counter() - started) * 1000}
 
 
-class MemoryImage:
+def compress_file(raw: Path, progress=None) -> dict:
+    """Replace the raw image ``raw`` by ``raw.zst``; return what it cost."""
+    with open(raw, "rb") as source:
+        blocks = iter(lambda: source.read(chunks.CHUNK_SIZE), b"")
+        result = compress_blocks(blocks, os.fstat(source.fileno()).st_size, raw.with_name(raw.name + ZSTD_SUFFIX),
+                                 progress)
+    os.unlink(raw)
+    return result
+
+
+class _Image:
+    """What raw, zstd and chunked images share: a verify against the manifest's digests."""
+
+    size: int
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def digests(self, progress=None) -> list[str]:
+        raise NotImplementedError
+
+    def mismatch(self, index: int, where: str) -> str:
+        raise NotImplementedError
+
+    def verify(self, expected: list[str], progress=None) -> None:
+        """Refuse the image unless every chunk has the digest ``expected`` gives it,
+        naming the first chunk that differs."""
+        for index, (want, got) in enumerate(zip(expected, self.digests(progress), strict=True)):
+            if want != got:
+                start = index * chunks.CHUNK_SIZE
+                raise MemoryImageError(self.mismatch(index, f"guest bytes {start:#x}-"
+                                                            f"{start + chunks.CHUNK_SIZE - 1:#x}"))
+
+
+class MemoryImage(_Image):
     """``size`` bytes of guest RAM in the open file ``fd``, which the image now owns
     (``close`` it). ``name`` is the file's name in messages. The caller has checked
     that ``fd`` is a regular file; a raw image must also be exactly ``size`` bytes,
@@ -69,12 +112,6 @@ class MemoryImage:
         if not compressed and actual != size:
             os.close(fd)
             raise MemoryImageError(f"{name}: {actual} bytes, expected {size} (truncated?)")
-
-    def __enter__(self) -> MemoryImage:
-        return self
-
-    def __exit__(self, *_) -> None:
-        self.close()
 
     def close(self) -> None:
         os.close(self.fd)
@@ -91,14 +128,12 @@ class MemoryImage:
             return found
         return self._raw_digests(progress)
 
-    def verify(self, expected: list[str], progress=None) -> None:
-        """Refuse the image unless every chunk has the digest ``expected`` gives it,
-        naming the first chunk that differs."""
-        for index, (want, got) in enumerate(zip(expected, self.digests(progress), strict=True)):
-            if want != got:
-                start = index * chunks.CHUNK_SIZE
-                raise MemoryImageError(f"{self.name}: chunk {index} (guest bytes {start:#x}-"
-                                       f"{start + chunks.CHUNK_SIZE - 1:#x}) checksum mismatch")
+    def mismatch(self, index: int, where: str) -> str:
+        return f"{self.name}: chunk {index} ({where}) checksum mismatch"
+
+    @property
+    def mappable(self) -> bool:
+        return not self.compressed
 
     def map(self) -> GuestMemory:
         """Guest RAM backed by the raw image itself, copy-on-write: pages load as the guest
@@ -169,3 +204,82 @@ class MemoryImage:
             parts.append(part)
             got += len(part)
         return b"".join(parts)
+
+
+# More chunk files than this are loaded, not mapped: each mapping is one of the
+# process's memory areas (vm.max_map_count, 65530 by default), which never merge
+# as each chunk is another file.
+MAX_MAPPED_CHUNKS = 16384
+
+
+class ChunkFiles(_Image):
+    """``size`` bytes of guest RAM, one file per chunk in the folder open as ``folder_fd``
+    (which the image now owns), named by the chunk's index; a chunk whose digest in
+    ``expected`` is that of zeros has no file. ``open_chunk(folder_fd, index)`` opens
+    one and returns its fd, checked as a regular file of exactly one chunk (the
+    snapshot reader's checks)."""
+
+    def __init__(self, folder_fd: int, name: str, size: int, expected: list[str], open_chunk):
+        self.folder_fd, self.name, self.size, self.open_chunk = folder_fd, name, size, open_chunk
+        self.stored = [index for index, value in enumerate(expected) if value != chunks.ZERO_CHUNK_DIGEST]
+
+    def close(self) -> None:
+        os.close(self.folder_fd)
+
+    def _opened(self):
+        """(index, fd) of each stored chunk in turn; each fd is closed once the next is asked for."""
+        for index in self.stored:
+            fd = self.open_chunk(self.folder_fd, index)
+            try:
+                yield index, fd
+            finally:
+                os.close(fd)
+
+    def check(self) -> None:
+        """Open every chunk file once, as a restore will (``open_chunk`` checks each)."""
+        for _ in self._opened():
+            pass
+
+    def digests(self, progress=None) -> list[str]:
+        progress = progress or _no_progress
+        found = [chunks.ZERO_CHUNK_DIGEST] * chunks.count(self.size)
+        for index, fd in self._opened():
+            progress("verify", index * chunks.CHUNK_SIZE, self.size)
+            with mmap.mmap(fd, chunks.CHUNK_SIZE, prot=mmap.PROT_READ) as mapping:
+                found[index] = chunks.digest(mapping)
+        progress("verify", self.size, self.size)
+        return found
+
+    def mismatch(self, index: int, where: str) -> str:
+        return f"{self.name}/{index}: checksum mismatch ({where})"
+
+    @property
+    def mappable(self) -> bool:
+        return len(self.stored) <= MAX_MAPPED_CHUNKS
+
+    def map(self) -> GuestMemory:
+        """Guest RAM of private mappings of the chunk files, zeros between them: pages
+        load as the guest touches them, and the guest never writes to a file."""
+        return GuestMemory(self.size, pieces=((index * chunks.CHUNK_SIZE, chunks.CHUNK_SIZE, fd)
+                                              for index, fd in self._opened()))
+
+    def load_into(self, memory: GuestMemory, progress=None) -> None:
+        """Copy the chunks into fresh guest RAM; holes inside a chunk stay holes."""
+        progress = progress or _no_progress
+        for index, fd in self._opened():
+            start = index * chunks.CHUNK_SIZE
+            progress("load", start, self.size)
+            for begin, end in chunks.data_ranges(fd, chunks.CHUNK_SIZE):
+                copy_into(memory.fd, fd, begin, end, at=start + begin)
+        progress("load", self.size, self.size)
+
+    def blocks(self):
+        """The raw image, chunk by chunk (zeros where no file is), for compressing it."""
+        stored = iter(self._opened())
+        following = next(stored, None)
+        for index in range(chunks.count(self.size)):
+            if following is not None and following[0] == index:
+                yield os.pread(following[1], chunks.CHUNK_SIZE, 0)
+                following = next(stored, None)
+            else:
+                yield bytes(chunks.CHUNK_SIZE)

@@ -1,9 +1,8 @@
-"""Moving guest RAM between the memfd and files, without a Python copy.
+"""Moving guest RAM from files into the memfd, without a Python copy, and finding the
+ranges of RAM that hold data.
 
-Writes go from the memfd to the file with ``sendfile`` (from the mapping with
-``pwrite`` for a lazily restored VM), reads into the memfd with ``sendfile``; holes in the memfd (pages
-the guest never touched) are skipped with SEEK_DATA, so they stay holes in
-the file.
+Reads into the memfd go with ``sendfile``; holes in the memfd (pages the guest
+never touched) are found with SEEK_DATA, so a save keeps them holes in its files.
 """
 
 from __future__ import annotations
@@ -13,24 +12,10 @@ import os
 from .chunks import CHUNK_SIZE, ZERO_CHUNK_DIGEST, data_ranges, digest
 
 
-def write_range(memory, fd: int, start: int, end: int) -> None:
-    """Guest RAM to a file at the same offsets: sendfile from the memfd (no page of it is
-    touched in this process), or pwrite from the mapping of a lazily restored VM."""
-    if memory.private:
-        while start < end:
-            start += os.pwrite(fd, memory.view[start:end], start)
-        return
-    os.lseek(fd, start, os.SEEK_SET)
-    while start < end:
-        sent = os.sendfile(fd, memory.fd, start, end - start)
-        if sent == 0:
-            raise OSError(f"guest RAM ends at {start:#x}")
-        start += sent
-
-
-def copy_into(memfd: int, fd: int, start: int, end: int) -> None:
-    """File to guest RAM at the same offsets, inside the kernel (sendfile)."""
-    os.lseek(memfd, start, os.SEEK_SET)
+def copy_into(memfd: int, fd: int, start: int, end: int, at: int | None = None) -> None:
+    """File bytes ``start`` to ``end`` to guest RAM at offset ``at`` (the same offsets if
+    not given), inside the kernel (sendfile)."""
+    os.lseek(memfd, start if at is None else at, os.SEEK_SET)
     while start < end:
         got = os.sendfile(memfd, fd, start, end - start)
         if got == 0:

@@ -7,8 +7,11 @@ A snapshot is a directory:
                     (name, schema version, offset, length, xxh3) and one
                     xxh3 per 2 MiB memory chunk; itself checksummed
     state.bin       the sections, back to back
-    memory.raw      guest RAM, raw and page-aligned; all-zero ranges are
-                    holes, so the file costs what the guest uses
+    chunks/N        guest RAM, one file per 2 MiB chunk N, holes kept, all-zero
+                    chunks absent (format version 2); a chunk unchanged since
+                    the parent snapshot is a hard link to the parent's file, so
+                    a snapshot costs on disk what changed, yet stands alone
+    memory.raw      (version 1) guest RAM as one raw, page-aligned file
 
 Older section versions are upgraded by their owners; newer ones, unknown
 sections and a newer format are refused with the name of what is wrong.
@@ -28,9 +31,10 @@ from ..memory.chunks import digest
 from ..memory.image import ZSTD_SUFFIX
 
 MAGIC = "ferry-snapshot"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+CHUNKED_SINCE = 2  # the first format version whose memory is in chunk files
 CHECKSUM = "xxh3-64"
-MANIFEST, STATE, MEMORY = "manifest.json", "state.bin", "memory.raw"
+MANIFEST, STATE, MEMORY, CHUNKS = "manifest.json", "state.bin", "memory.raw", "chunks"
 MEMORY_ZSTD = MEMORY + ZSTD_SUFFIX
 
 

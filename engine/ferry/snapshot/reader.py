@@ -23,10 +23,10 @@ from typing import Callable
 from ..errors import FerryError
 from ..machine import state
 from ..machine.sections import REGISTRY
-from ..memory.chunks import CHUNK_SIZE, digest
-from ..memory.image import MemoryImage, MemoryImageError
+from ..memory.chunks import CHUNK_SIZE, ZERO_CHUNK_DIGEST, digest
+from ..memory.image import ChunkFiles, MemoryImage, MemoryImageError
 from . import format as fmt
-from .format import MANIFEST, MEMORY, MEMORY_ZSTD, STATE, SnapshotError
+from .format import CHUNKS, MANIFEST, MEMORY, MEMORY_ZSTD, STATE, SnapshotError
 
 MAX_MANIFEST = 16 * 2**20  # a 1 TiB guest's chunk list is about 12 MiB
 MAX_STATE = 64 * 2**20
@@ -34,14 +34,15 @@ MAX_MEMORY = 2**40
 MAX_DEPTH = 4  # manifest > memory > chunks > digest: the deepest the format goes
 MAX_TEXT = 256
 MAX_LIST = 1024
-MEMORY_FILES = {None: MEMORY, "zstd": MEMORY_ZSTD}
+MEMORY_FILES = {None: MEMORY, "zstd": MEMORY_ZSTD}  # format version 1
+CHUNKED_FILES = {None: CHUNKS, "zstd": MEMORY_ZSTD}  # from version 2 (a compressed image stays one file)
 HEX_DIGEST = re.compile(r"^[0-9a-f]{16}$")
 TOP_KEYS = ("magic", "format_version", "checksum", "manifest_checksum", "engine_version", "id", "created",
             "origin", "tags", "definition", "sections", "memory")
 SECTION_KEYS = ("name", "version", "offset", "length", "checksum")
 MEMORY_KEYS = ("file", "size", "chunk_size", "chunks", "compression")
 ZSTD_KEYS = ("compressed_bytes", "compress_ms")
-SAVE_KEYS = ("mode", "pause_ms", "total_ms", "rounds", "bytes_written", "disk_bytes")
+SAVE_KEYS = ("mode", "pause_ms", "total_ms", "rounds", "bytes_written", "disk_bytes", "shared_bytes")
 SAVE_MODES = ("live", "stop-the-world")
 
 # Checks a definition (a dict) and returns it as an object with ``vcpus`` and
@@ -68,6 +69,14 @@ class Snapshot:
     def compressed(self) -> bool:
         return self.manifest["memory"]["compression"] == "zstd"
 
+    @property
+    def chunked(self) -> bool:
+        return self.memory_file == CHUNKS
+
+    @property
+    def digests(self) -> list[str]:
+        return self.manifest["memory"]["chunks"]
+
 
 # --- files ---
 
@@ -89,24 +98,36 @@ def open_folder(folder: Path) -> int:
                             "a plain directory is required") from None
 
 
-def open_part(folder_fd: int, name: str) -> tuple[int, int]:
-    """(fd, size) of a regular file of the folder. The lstat refuses a FIFO or device
-    before it is opened; the fstat checks what was opened (it may have been swapped)."""
+def open_part(folder_fd: int, name: str, shown: str | None = None) -> tuple[int, int]:
+    """(fd, size) of a regular file of the folder; messages call it ``shown`` (its path
+    in the snapshot) if given. The lstat refuses a FIFO or device before it is opened;
+    the fstat checks what was opened (it may have been swapped)."""
+    shown = shown or name
     try:
         found = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
     except FileNotFoundError:
-        raise SnapshotError(f"{name}: missing") from None
+        raise SnapshotError(f"{shown}: missing") from None
     if not stat.S_ISREG(found.st_mode):
-        raise SnapshotError(f"{name}: {_kind(found.st_mode)}, a regular file is required")
+        raise SnapshotError(f"{shown}: {_kind(found.st_mode)}, a regular file is required")
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder_fd)
     except OSError as err:
-        raise SnapshotError(f"{name}: cannot open ({err.strerror}), a regular file is required") from None
+        raise SnapshotError(f"{shown}: cannot open ({err.strerror}), a regular file is required") from None
     opened = os.fstat(fd)
     if not stat.S_ISREG(opened.st_mode):
         os.close(fd)
-        raise SnapshotError(f"{name}: {_kind(opened.st_mode)}, a regular file is required")
+        raise SnapshotError(f"{shown}: {_kind(opened.st_mode)}, a regular file is required")
     return fd, opened.st_size
+
+
+def open_subfolder(folder_fd: int, name: str) -> int:
+    """A plain directory inside the snapshot folder (not a symlink)."""
+    try:
+        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder_fd)
+    except FileNotFoundError:
+        raise SnapshotError(f"{name}: missing") from None
+    except OSError as err:
+        raise SnapshotError(f"{name}: cannot open ({err.strerror}), a plain directory is required") from None
 
 
 def read_part(folder_fd: int, name: str, limit: int) -> bytes:
@@ -246,13 +267,14 @@ def _check_save(save) -> None:
         _int(written, f"save.rounds[{index}]", 0, 2**63)
 
 
-def _check_memory(memory) -> None:
+def _check_memory(memory, version: int) -> None:
     compression = memory.get("compression") if isinstance(memory, dict) else None
     _keys(memory, "memory", MEMORY_KEYS, ZSTD_KEYS if compression == "zstd" else ())
     if not isinstance(compression, (str, type(None))) or compression not in MEMORY_FILES:
         raise _bad("memory.compression", f"{_show(compression)}, allowed: null or 'zstd'")
-    if memory["file"] != MEMORY_FILES[compression]:
-        raise _bad("memory.file", f"{_show(memory['file'])}, must be {MEMORY_FILES[compression]!r} "
+    files = CHUNKED_FILES if version >= fmt.CHUNKED_SINCE else MEMORY_FILES
+    if memory["file"] != files[compression]:
+        raise _bad("memory.file", f"{_show(memory['file'])}, must be {files[compression]!r} "
                    "(a plain name inside the snapshot folder)")
     size = _int(memory["size"], "memory.size", CHUNK_SIZE, MAX_MEMORY)
     if size % CHUNK_SIZE:
@@ -318,8 +340,10 @@ def _check_definition(values, check: DefinitionCheck, size: int):
 def check_manifest(manifest, state_size: int, check: DefinitionCheck):
     """Every field of a parsed manifest; returns the checked definition."""
     _check_header(manifest)
-    _keys(manifest, "manifest", TOP_KEYS, ("save",))
+    _keys(manifest, "manifest", TOP_KEYS, ("save", "parent"))
     _text(manifest["id"], "id", 128)
+    if manifest.get("parent") is not None:
+        _text(manifest["parent"], "parent", 128)  # for information: nothing reads the parent
     _text(manifest["engine_version"], "engine_version", 64)
     _text(manifest["created"], "created", 64)
     _check_origin(manifest["origin"])
@@ -327,7 +351,7 @@ def check_manifest(manifest, state_size: int, check: DefinitionCheck):
         _text(tag, f"tags[{index}]")
     if "save" in manifest:
         _check_save(manifest["save"])
-    _check_memory(manifest["memory"])
+    _check_memory(manifest["memory"], manifest["format_version"])
     _check_sections(manifest["sections"], state_size)
     definition = _check_definition(manifest["definition"], check, manifest["memory"]["size"])
     _check_section_set(definition.vcpus, manifest["sections"])
@@ -380,6 +404,66 @@ def open_memory(folder_fd: int, name: str, size: int, compressed: bool) -> Memor
         return MemoryImage(fd, name, size, compressed)
 
 
+def open_chunk(chunks_fd: int, index: int) -> int:
+    """One chunk file: a regular file of exactly one chunk (a shorter one would fault
+    the guest, also with ``--no-verify``)."""
+    shown = f"{CHUNKS}/{index}"
+    fd, size = open_part(chunks_fd, str(index), shown)
+    if size != CHUNK_SIZE:
+        os.close(fd)
+        raise SnapshotError(f"{shown}: {size} bytes, a chunk file has exactly {CHUNK_SIZE}")
+    return fd
+
+
+def _check_chunk_names(chunks_fd: int, digests: list[str]) -> None:
+    """Exactly one file per chunk that is not all zero, named by its index: a name
+    the manifest does not account for (another index, '..x', a chunk past the end
+    of memory) is refused, as a copy mixed with another snapshot would be."""
+    stored = {str(index) for index, value in enumerate(digests) if value != ZERO_CHUNK_DIGEST}
+    names = set(os.listdir(chunks_fd))
+    for name in sorted(names - stored):
+        if name in {str(index) for index in range(len(digests))}:
+            raise SnapshotError(f"{CHUNKS}/{name}: chunk {name} is all zero in the manifest, so it has no file")
+        raise SnapshotError(f"{CHUNKS}/{_one_line(name[:60])}: not a chunk of this snapshot "
+                            f"(its {len(digests)} chunks are named 0 to {len(digests) - 1})")
+    for name in sorted(stored - names, key=int):
+        raise SnapshotError(f"{CHUNKS}/{name}: missing")
+
+
+def open_chunks(folder_fd: int, digests: list[str], size: int) -> ChunkFiles:
+    """The chunk files, their names and each file's type and size checked."""
+    image = ChunkFiles(open_subfolder(folder_fd, CHUNKS), CHUNKS, size, digests, open_chunk)
+    try:
+        _check_chunk_names(image.folder_fd, digests)
+        image.check()
+    except BaseException:
+        image.close()
+        raise
+    return image
+
+
+def _open_image(folder_fd: int, snapshot: Snapshot):
+    if snapshot.chunked:
+        return open_chunks(folder_fd, snapshot.digests, snapshot.memory_size)
+    return open_memory(folder_fd, snapshot.memory_file, snapshot.memory_size, snapshot.compressed)
+
+
+def chunk_usage(folder: Path) -> tuple[int, int]:
+    """(bytes this snapshot's chunk files alone hold, bytes they share with other
+    snapshots through hard links). Measured now, as deleting a snapshot gives the
+    others its share."""
+    own = shared = 0
+    with os.scandir(folder / CHUNKS) as entries:
+        for entry in entries:
+            found = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(found.st_mode):
+                if found.st_nlink > 1:
+                    shared += found.st_blocks * 512
+                else:
+                    own += found.st_blocks * 512
+    return own, shared
+
+
 def load(folder: Path, check: DefinitionCheck, verify_memory: bool = True, progress=None) -> Snapshot:
     """The checked snapshot. ``verify_memory=False`` skips only the memory digests:
     files, structure and sizes are always checked. ``progress("verify", done, total)``
@@ -391,7 +475,7 @@ def load(folder: Path, check: DefinitionCheck, verify_memory: bool = True, progr
         definition = check_manifest(manifest, len(state_data), check)
         snapshot = Snapshot(folder, manifest, definition,
                             read_sections(state_data, manifest["sections"], definition.vcpus))
-        with open_memory(folder_fd, snapshot.memory_file, snapshot.memory_size, snapshot.compressed) as image:
+        with _open_image(folder_fd, snapshot) as image:
             if verify_memory:
                 with _memory_checks():
                     image.verify(manifest["memory"]["chunks"], progress)
@@ -400,10 +484,12 @@ def load(folder: Path, check: DefinitionCheck, verify_memory: bool = True, progr
         os.close(folder_fd)
 
 
-def reopen_memory(snapshot: Snapshot) -> MemoryImage:
-    """The memory image again, for a restore: checked once more, as it may have changed."""
+def reopen_memory(snapshot: Snapshot):
+    """The memory image again, for a restore: checked once more, as it may have changed
+    (each chunk file is checked again as it is mapped or loaded)."""
     folder_fd = open_folder(snapshot.folder)
     try:
-        return open_memory(folder_fd, snapshot.memory_file, snapshot.memory_size, snapshot.compressed)
+        with _memory_checks():
+            return _open_image(folder_fd, snapshot)
     finally:
         os.close(folder_fd)

@@ -3,10 +3,11 @@
 The machine is built as for an incoming migration (``machine.build``), from
 the snapshot's memory and sections.
 
-Lazy (default): the memory file is mapped copy-on-write, so the guest runs
-as soon as the device state is in and pages load as it touches them. Eager:
-the used ranges are read into a fresh memfd first, so the VM no longer
-depends on the file.
+Lazy (default): the memory file, or each chunk file at its offset, is mapped
+copy-on-write, so the guest runs as soon as the device state is in and pages
+load as it touches them. Eager (and a compressed image, or more chunk files
+than a process may map): the used ranges are read into a fresh memfd first,
+so the VM no longer depends on the files.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from . import reader
 
 def _memory(snapshot: reader.Snapshot, lazy: bool, progress) -> GuestMemory:
     with reader.reopen_memory(snapshot) as image:
-        if lazy and not snapshot.compressed:
+        if lazy and image.mappable:
             return image.map()
         memory = GuestMemory(snapshot.memory_size)
         try:

@@ -132,6 +132,9 @@ class VmDir:
         else:
             marker.unlink(missing_ok=True)
 
+    def snapshot_dirs(self) -> list[Path]:
+        return [self.snapshot_dir(snapshot_id) for snapshot_id in self.snapshot_ids()]
+
     def exists(self) -> bool:
         return self.definition_file.is_file()
 

@@ -216,13 +216,16 @@ class VmProcess:
             result = save.create(self.machine, folder, self.definition.to_dict(), request.get("origin") or {},
                                  request.get("tags") or [], live=request.get("live", True),
                                  leave_paused=leave_paused, compress=bool(request.get("compress")),
-                                 progress=progress)
+                                 progress=progress, parent=self._parent(bool(request.get("full"))))
         finally:
             progress.close()
         if stop_after:
             self.machine.events.put(Event(GuestEvent.POWEROFF, f"stopped after snapshot {folder.name}",
                                            by_host=True))
         return result
+
+    def _parent(self, full: bool):
+        return None if full else snapshots.newest_parent(self.vmdir.snapshot_dirs(), self.machine.memory.size)
 
     def connection_closed(self, session: dict) -> None:
         with self.lock:

@@ -14,7 +14,7 @@ from ferry.host.api import Host
 from ferry.snapshot import format as fmt
 
 from support.cli import Ferry, assert_sequence_continues
-from support.damage import CORPUS, flip_bit
+from support.damage import CORPUS, corpus, flip_bit, last_chunk
 
 pytestmark = pytest.mark.kvm
 GUEST = "builtin:selfcheck"
@@ -117,14 +117,14 @@ def test_restore_over_a_running_vm_needs_replace(ferry, tmp_path):
     assert ferry.ok("status", "vm1")["state"] == "running"
 
 
-def test_memory_file_is_sparse(ferry, tmp_path):
+def test_memory_files_are_sparse(ferry, tmp_path):
     running_vm(ferry, tmp_path, memory=256, cmdline="fill=10 rate=0 hb=200")
     snap = ferry.ok("snapshot", "create", "vm1", "--snapshot", "sparse")
-    memory = snapshot_folder(ferry, "vm1", "sparse") / fmt.MEMORY
-    used = memory.stat().st_blocks * 512
-    assert memory.stat().st_size == 256 * 2**20
+    files = list((snapshot_folder(ferry, "vm1", "sparse") / fmt.CHUNKS).iterdir())
+    used = sum(path.stat().st_blocks * 512 for path in files)
+    assert {path.stat().st_size for path in files} == {2**21} and len(files) < 128
     assert 0.08 * 256 * 2**20 < used < 0.25 * 256 * 2**20, f"{used / 2**20:.1f} MiB on disk"
-    assert snap["disk_bytes"] == used
+    assert snap["disk_bytes"] == used and snap["shared_bytes"] == 0 and snap["parent"] is None
 
 
 # --- damaged and crafted snapshots: refused in one line, by name, with no VM left running ---
@@ -160,25 +160,26 @@ def stopped_vm(tmp_path_factory):
     Host(ferry.state_dir).poweroff("vm1", timeout=10)
 
 
-def _refused(result, command, damage):
+def _refused(result, command, damage, named=""):
     assert result.code != 0, f"ferry {' '.join(command)} accepted a snapshot with {damage.name}"
     assert "Traceback" not in result.err and len(result.err.strip().splitlines()) == 1, result.err
-    assert damage.words in result.err, result.err
+    assert damage.words in result.err and named in result.err, result.err
 
 
-@pytest.mark.parametrize("name", sorted(CORPUS))
+@pytest.mark.parametrize("name", sorted(corpus("chunks")))
 def test_damaged_snapshot_is_refused_in_one_line_and_no_vm_runs(stopped_vm, pristine, name):
     ferry, damage = stopped_vm, CORPUS[name]
     folder = snapshot_folder(ferry, "vm1", "bad")
     folder.parent.mkdir(exist_ok=True)
     _copy(pristine, folder)
+    named = last_chunk(folder) if damage.names_last_chunk else ""
     damage.harm(folder)
     commands = [("snapshot", "verify", "vm1", "bad"), ("restore", "vm1", "bad"), ("restore", "vm1", "bad", "--eager")]
     if not damage.digest_only:
         commands.append(("restore", "vm1", "bad", "--no-verify"))
     for command in commands:
         # A FIFO or a device must never make a command wait.
-        _refused(ferry.run(*command, timeout=30), command, damage)
+        _refused(ferry.run(*command, timeout=30), command, damage, named)
         assert ferry.ok("status", "vm1")["state"] == "stopped"
         assert not (ferry.state_dir / "vms" / "vm1" / "control.sock").exists()
     listed = ferry.run("snapshot", "list", "vm1", timeout=30)
@@ -226,7 +227,7 @@ def test_memory_damage_that_skips_verification_is_caught_by_the_guest(ferry, tmp
     folder = snapshot_folder(ferry, "vm1", "bad")
     folder.parent.mkdir(parents=True)
     _copy(pristine, folder)
-    flip_bit(folder / fmt.MEMORY, 16 * 2**20 + 100)  # inside the pages the guest owns
+    flip_bit(folder / fmt.CHUNKS / "8", 100)  # inside the pages the guest owns, from 16 MiB
     assert ferry.run("restore", "vm1", "bad").code != 0
     ferry.ok("restore", "vm1", "bad", "--no-verify")
     text = ferry.wait_console("vm1", rb"HB cpu=0 .* CORRUPT page=0x1000000 ", timeout=30)
@@ -290,8 +291,10 @@ def test_every_file_of_a_new_snapshot_is_private(ferry, tmp_path, compress):
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     assert stat.S_IMODE(folder.parent.stat().st_mode) == 0o700
     modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in folder.iterdir()}
-    assert set(modes) == {fmt.MANIFEST, fmt.STATE, fmt.MEMORY + (".zst" if compress else "")}
-    assert set(modes.values()) == {0o600}, modes
+    assert set(modes) == {fmt.MANIFEST, fmt.STATE, fmt.MEMORY_ZSTD if compress else fmt.CHUNKS}
+    assert set(modes.values()) == {0o600} | (set() if compress else {0o700}), modes
+    chunk_modes = {stat.S_IMODE(path.stat().st_mode) for path in (folder / fmt.CHUNKS).glob("*")}
+    assert chunk_modes == (set() if compress else {0o600}), chunk_modes
 
 
 def test_two_saves_of_one_id_at_once_one_succeeds_the_other_is_refused_at_once(ferry, tmp_path):

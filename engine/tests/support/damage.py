@@ -5,13 +5,17 @@ files as a disk or a careless copy would; crafted ones rewrite a manifest
 field and recompute the manifest checksum, as anyone can (xxh3 is not a MAC).
 ``words`` is what the refusal must name. ``digest_only`` marks damage that only
 reading the whole memory can see (its digests, or decompressing it), which
-``--no-verify`` skips by design.
+``--no-verify`` skips by design. ``layout`` is the memory layout a variant
+applies to (``raw``: format 1's memory.raw, ``chunks``: chunk files), none for
+both; most chunk variants damage the last chunk file, and their refusal must
+name it (``last_chunk``, taken before the damage).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -29,6 +33,17 @@ class Damage:
     harm: Callable[[Path], None]
     words: str
     digest_only: bool = False
+    layout: str | None = None
+    names_last_chunk: bool = False  # the refusal names the chunk file the variant damaged
+
+
+def corpus(layout: str) -> dict[str, Damage]:
+    return {name: damage for name, damage in CORPUS.items() if damage.layout in (None, layout)}
+
+
+def last_chunk(folder: Path) -> str:
+    """The path, inside the snapshot, of its chunk file of the highest index."""
+    return f"{fmt.CHUNKS}/{max(int(name) for name in os.listdir(folder / fmt.CHUNKS))}"
 
 
 def manifest_of(folder: Path) -> dict:
@@ -175,6 +190,48 @@ def _append_state_garbage(manifest: dict, folder: Path) -> None:
         handle.write(b"extra")
 
 
+def _chunk(make: Callable[[Path], None]) -> Callable[[Path], None]:
+    return lambda folder: make(folder / last_chunk(folder))
+
+
+def _chunk_replaced(make: Callable[[Path], None]) -> Callable[[Path], None]:
+    def harm(folder: Path) -> None:
+        path = folder / last_chunk(folder)
+        path.unlink()
+        make(path)
+    return harm
+
+
+def _chunk_linked_inside(folder: Path) -> None:
+    path = folder / last_chunk(folder)
+    os.rename(path, folder / "elsewhere")
+    path.symlink_to("../elsewhere")
+
+
+def _chunk_extra(name: str) -> Callable[[Path], None]:
+    return lambda folder: (folder / fmt.CHUNKS / name).write_bytes(bytes(CHUNK_SIZE))
+
+
+def _zero_chunk_file(folder: Path) -> None:
+    index = manifest_of(folder)["memory"]["chunks"].index(ZERO_CHUNK_DIGEST)
+    (folder / fmt.CHUNKS / str(index)).write_bytes(bytes(CHUNK_SIZE))
+
+
+def _chunks_replaced(make: Callable[[Path], None]) -> Callable[[Path], None]:
+    def harm(folder: Path) -> None:
+        os.rename(folder / fmt.CHUNKS, folder / "elsewhere")
+        make(folder / fmt.CHUNKS)
+    return harm
+
+
+def _chunks_to_elsewhere(path: Path) -> None:
+    path.symlink_to("elsewhere")
+
+
+def _chunk_claimed_zero(manifest: dict, folder: Path) -> None:
+    manifest["memory"]["chunks"][int(last_chunk(folder).split("/")[1])] = ZERO_CHUNK_DIGEST
+
+
 def _zstd_claim(manifest: dict, folder: Path) -> None:
     manifest["memory"].update(compression="zstd", file=ZST, compressed_bytes=1, compress_ms=1.0)
     os.rename(folder / fmt.MEMORY, folder / ZST)
@@ -224,16 +281,40 @@ PLAIN = [
     Damage("state links inside the folder", _link_inside(fmt.STATE), "state.bin: a symlink"),
     Damage("state huge", _truncate(fmt.STATE, MAX_STATE + 1), "state.bin: 67108865 bytes"),
     Damage("memory bit", lambda f: flip_bit(f / fmt.MEMORY, first_data(f / fmt.MEMORY) + 12345),
-           "memory.raw: chunk", digest_only=True),
-    Damage("memory truncated", _truncate(fmt.MEMORY, 2**20), "memory.raw: 1048576 bytes"),
-    Damage("memory one page short", _truncate(fmt.MEMORY, lambda n: n - 4096), "truncated"),
-    Damage("memory extended", _truncate(fmt.MEMORY, lambda n: n + 4096), "memory.raw"),
-    Damage("memory empty", _truncate(fmt.MEMORY, 0), "memory.raw: 0 bytes"),
-    Damage("memory missing", lambda f: (f / fmt.MEMORY).unlink(), "memory.raw: missing"),
-    Damage("memory a directory", _replace(fmt.MEMORY, _directory), "memory.raw: a directory"),
-    Damage("memory a FIFO", _replace(fmt.MEMORY, _fifo), "memory.raw: a FIFO"),
-    Damage("memory links to /dev/zero", _replace(fmt.MEMORY, _zero_link), "memory.raw: a symlink"),
-    Damage("memory links inside the folder", _link_inside(fmt.MEMORY), "memory.raw: a symlink"),
+           "memory.raw: chunk", digest_only=True, layout="raw"),
+    Damage("memory truncated", _truncate(fmt.MEMORY, 2**20), "memory.raw: 1048576 bytes", layout="raw"),
+    Damage("memory one page short", _truncate(fmt.MEMORY, lambda n: n - 4096), "truncated", layout="raw"),
+    Damage("memory extended", _truncate(fmt.MEMORY, lambda n: n + 4096), "memory.raw", layout="raw"),
+    Damage("memory empty", _truncate(fmt.MEMORY, 0), "memory.raw: 0 bytes", layout="raw"),
+    Damage("memory missing", lambda f: (f / fmt.MEMORY).unlink(), "memory.raw: missing", layout="raw"),
+    Damage("memory a directory", _replace(fmt.MEMORY, _directory), "memory.raw: a directory", layout="raw"),
+    Damage("memory a FIFO", _replace(fmt.MEMORY, _fifo), "memory.raw: a FIFO", layout="raw"),
+    Damage("memory links to /dev/zero", _replace(fmt.MEMORY, _zero_link), "memory.raw: a symlink", layout="raw"),
+    Damage("memory links inside the folder", _link_inside(fmt.MEMORY), "memory.raw: a symlink", layout="raw"),
+    Damage("chunk bit", _chunk(lambda p: flip_bit(p, first_data(p) + 12345)), "checksum mismatch",
+           digest_only=True, layout="chunks", names_last_chunk=True),
+    Damage("chunk truncated", _chunk(lambda p: os.truncate(p, 2**20)), "1048576 bytes, a chunk file has exactly",
+           layout="chunks", names_last_chunk=True),
+    Damage("chunk one page short", _chunk(lambda p: os.truncate(p, CHUNK_SIZE - 4096)), "a chunk file has exactly",
+           layout="chunks", names_last_chunk=True),
+    Damage("chunk extended", _chunk(lambda p: os.truncate(p, CHUNK_SIZE + 4096)), "a chunk file has exactly",
+           layout="chunks", names_last_chunk=True),
+    Damage("chunk empty", _chunk(lambda p: os.truncate(p, 0)), "0 bytes", layout="chunks", names_last_chunk=True),
+    Damage("chunk missing", _chunk(lambda p: p.unlink()), "missing", layout="chunks", names_last_chunk=True),
+    Damage("chunk a directory", _chunk_replaced(_directory), "a directory", layout="chunks", names_last_chunk=True),
+    Damage("chunk a FIFO", _chunk_replaced(_fifo), "a FIFO", layout="chunks", names_last_chunk=True),
+    Damage("chunk links to /dev/zero", _chunk_replaced(_zero_link), "a symlink", layout="chunks", names_last_chunk=True),
+    Damage("chunk links inside the folder", _chunk_linked_inside, "a symlink", layout="chunks", names_last_chunk=True),
+    Damage("chunk past the end of memory", _chunk_extra("99999"), "chunks/99999: not a chunk of this snapshot",
+           layout="chunks"),
+    Damage("chunk named with dots", _chunk_extra("..x"), "chunks/..x: not a chunk", layout="chunks"),
+    Damage("chunk named with a leading zero", _chunk_extra("01"), "chunks/01: not a chunk", layout="chunks"),
+    Damage("chunk file of a zero chunk", _zero_chunk_file, "is all zero in the manifest", layout="chunks"),
+    Damage("chunks missing", lambda f: shutil.rmtree(f / fmt.CHUNKS), "chunks: missing",
+           layout="chunks"),
+    Damage("chunks a symlink", _chunks_replaced(_chunks_to_elsewhere), "chunks: cannot open", layout="chunks"),
+    Damage("chunks a file", _chunks_replaced(lambda p: p.write_bytes(b"x")), "chunks: cannot open",
+           layout="chunks"),
 ]
 
 CRAFTED = [
@@ -246,9 +327,10 @@ CRAFTED = [
     Damage("chunk not hex", resign(lambda m, _: m["memory"]["chunks"].__setitem__(0, "z" * 16)),
            "memory.chunks[0]"),
     Damage("chunk a number", resign(lambda m, _: m["memory"]["chunks"].__setitem__(1, 7)), "memory.chunks[1]"),
-    Damage("chunks shifted", resign(_shift_chunks), "memory.raw: chunk", digest_only=True),
+    Damage("chunks shifted", resign(_shift_chunks), "chunk", digest_only=True),
+    Damage("chunk claimed all zero", resign(_chunk_claimed_zero), "is all zero in the manifest", layout="chunks", names_last_chunk=True),
     Damage("size half with chunks", resign(_size_half), "memory.size"),
-    Damage("size and definition half", resign(_size_and_definition_half), "memory.raw"),
+    Damage("size and definition half", resign(_size_and_definition_half), "memory.raw", layout="raw"),
     Damage("size smaller", resign(lambda m, _: m["memory"].update(size=m["memory"]["size"] - CHUNK_SIZE)),
            "memory.chunks"),
     Damage("size larger", resign(lambda m, _: m["memory"].update(size=m["memory"]["size"] + CHUNK_SIZE)),
@@ -274,7 +356,7 @@ CRAFTED = [
     Damage("memory file zst uncompressed", _memory(file=ZST), "memory.file"),
     Damage("compression gzip", _memory(compression="gzip"), "memory.compression"),
     Damage("compression zstd on raw data", resign(_zstd_claim), "memory.raw.zst",
-           digest_only=True),
+           digest_only=True, layout="raw"),
     Damage("memory unknown key", _memory(extra=1), "memory: unknown key"),
     Damage("memory missing size", resign(lambda m, _: m["memory"].pop("size")), "memory: missing key 'size'"),
     Damage("memory not a mapping", _field("memory", [1]), "memory: expected a mapping"),
@@ -346,7 +428,9 @@ CRAFTED = [
     Damage("created a number", _field("created", 5), "created"),
     Damage("engine version huge", _field("engine_version", "9" * 100000), "engine_version"),
     Damage("format version zero", _field("format_version", 0), "format_version"),
-    Damage("format version newer", _field("format_version", 2), "format version 2"),
+    Damage("format version newer", _field("format_version", fmt.FORMAT_VERSION + 1),
+           f"format version {fmt.FORMAT_VERSION + 1}"),
+    Damage("format version 1 with chunks", _field("format_version", 1), "memory.file", layout="chunks"),
     Damage("format version text", _field("format_version", "1"), "format_version"),
     Damage("checksum md5", _field("checksum", "md5"), "checksum"),
     Damage("magic wrong", _field("magic", "other"), "not a Ferry snapshot"),

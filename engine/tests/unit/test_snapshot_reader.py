@@ -14,14 +14,14 @@ from ferry.errors import FerryError
 from ferry.machine import state
 from ferry.files import open_private
 from ferry.machine.sections import DEVICE_STATES, REGISTRY
-from ferry.memory.chunks import CHUNK_SIZE
+from ferry.memory.chunks import CHUNK_SIZE, ZERO_CHUNK_DIGEST
 from ferry.memory.digests import chunk_digests
 from ferry.memory.image import compress_file
 from ferry.store import definition as defn
 from ferry.snapshot import format as fmt
 from ferry.snapshot import reader
 
-from support.damage import CORPUS, manifest_of, replace_section, write_resigned
+from support.damage import CORPUS, corpus, last_chunk, manifest_of, replace_section, write_resigned
 
 MEMORY_MIB = 4
 
@@ -35,8 +35,17 @@ def _sections(vcpus: int) -> list[state.Section]:
     return sections + [state.Section(name, kind.VERSION, kind().to_bytes()) for name, kind in DEVICE_STATES.items()]
 
 
-def build_snapshot(folder, kernel, vcpus=1, compress=False):
-    """A complete, valid snapshot folder as ``save.create`` writes one, without a VM."""
+def _chunk_files(folder, data: bytes, digests: list[str]) -> None:
+    (folder / fmt.CHUNKS).mkdir(mode=0o700)
+    for index, value in enumerate(digests):
+        if value != ZERO_CHUNK_DIGEST:
+            with open_private(folder / fmt.CHUNKS / str(index)) as handle:
+                handle.write(data[index * CHUNK_SIZE:(index + 1) * CHUNK_SIZE])
+
+
+def build_snapshot(folder, kernel, vcpus=1, compress=False, layout="chunks"):
+    """A complete, valid snapshot folder as ``save.create`` writes one, without a VM:
+    chunk files (the format this engine writes) or format 1's memory.raw (``layout="raw"``)."""
     folder.mkdir(mode=0o700)
     size = MEMORY_MIB * 2**20
     with open_private(folder / fmt.MEMORY) as handle:
@@ -48,6 +57,10 @@ def build_snapshot(folder, kernel, vcpus=1, compress=False):
               "chunks": chunk_digests(size, lambda start, length: data[start:start + length])}
     if compress:
         memory.update(compress_file(folder / fmt.MEMORY))
+    elif layout == "chunks":
+        (folder / fmt.MEMORY).unlink()
+        _chunk_files(folder, data, memory["chunks"])
+        memory["file"] = fmt.CHUNKS
     fmt.write_manifest(folder, {
         "id": folder.name, "engine_version": "0.0", "created": "2026-01-01T00:00:00.000000Z",
         "origin": {"kind": "manual"}, "tags": ["a"], "sections": fmt.write_state(folder, _sections(vcpus)),
@@ -56,15 +69,28 @@ def build_snapshot(folder, kernel, vcpus=1, compress=False):
         "memory": memory,
         "save": {"mode": "live", "pause_ms": 1.5, "total_ms": 9.0, "rounds": [4096], "bytes_written": 8192,
                  "disk_bytes": 8192}})
+    if layout == "raw":
+        manifest = manifest_of(folder)
+        manifest["format_version"] = 1
+        write_resigned(folder, manifest)
     return folder
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("pristine")
-    kernel = tmp / "kernel.elf"
+def kernel(tmp_path_factory):
+    kernel = tmp_path_factory.mktemp("kernel") / "kernel.elf"
     kernel.write_bytes(b"\x7fELF")
-    return build_snapshot(tmp / "good", kernel)
+    return kernel
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory, kernel):
+    return build_snapshot(tmp_path_factory.mktemp("pristine") / "good", kernel)
+
+
+@pytest.fixture(scope="module")
+def pristine_v1(tmp_path_factory, kernel):
+    return build_snapshot(tmp_path_factory.mktemp("pristine-v1") / "good", kernel, layout="raw")
 
 
 def fresh(pristine, tmp_path):
@@ -89,27 +115,37 @@ def test_a_good_snapshot_loads_with_its_definition_and_sections(folder):
     assert set(snapshot.sections) == set(REGISTRY.names(1))
 
 
-def test_every_file_of_a_snapshot_is_private(tmp_path, pristine):
-    kernel = pristine.parent / "kernel.elf"
+def test_every_file_of_a_snapshot_is_private(tmp_path, pristine, kernel):
     for snapshot in (pristine, build_snapshot(tmp_path / "z", kernel, compress=True)):
         assert stat.S_IMODE(snapshot.stat().st_mode) == 0o700
-        modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in snapshot.iterdir()}
-        assert modes and set(modes.values()) == {0o600}, modes
+        modes = {path.relative_to(snapshot): stat.S_IMODE(path.stat().st_mode) for path in snapshot.rglob("*")}
+        assert modes and set(modes.values()) <= {0o600, 0o700}, modes
+        assert all(mode == 0o600 for path, mode in modes.items() if path.name != fmt.CHUNKS), modes
     assert load(tmp_path / "z").compressed
 
 
-@pytest.mark.parametrize("name", sorted(CORPUS))
-def test_damaged_snapshot_is_refused_in_one_line_naming_the_part(folder, name):
-    damage = CORPUS[name]
+def _refused_naming(folder, damage) -> None:
+    named = last_chunk(folder) if damage.names_last_chunk else ""
     damage.harm(folder)
     for verify_memory in (True, False):
-        if damage.digest_only and not verify_memory:
-            load(folder, verify_memory)  # only the digests see it, and --no-verify skips them
-            continue
-        with pytest.raises(fmt.SnapshotError) as refused:
+        try:
             load(folder, verify_memory)
-        message = str(refused.value)
-        assert damage.words in message and len(message.splitlines()) == 1, message
+        except fmt.SnapshotError as refused:
+            message = str(refused)
+            assert damage.words in message and named in message and len(message.splitlines()) == 1, message
+        else:
+            # Only the digests may see it, and --no-verify skips them.
+            assert damage.digest_only and not verify_memory, f"{damage.name}: accepted"
+
+
+@pytest.mark.parametrize("name", sorted(corpus("chunks")))
+def test_damaged_snapshot_is_refused_in_one_line_naming_the_part(folder, name):
+    _refused_naming(folder, CORPUS[name])
+
+
+@pytest.mark.parametrize("name", sorted(corpus("raw")))
+def test_damaged_format_1_snapshot_is_refused_in_one_line_naming_the_part(pristine_v1, tmp_path, name):
+    _refused_naming(fresh(pristine_v1, tmp_path), CORPUS[name])
 
 
 def test_the_corpus_covers_every_class():
@@ -120,9 +156,9 @@ def test_the_corpus_covers_every_class():
 
 
 def test_a_fifo_is_refused_without_blocking(folder):
-    (folder / fmt.MEMORY).unlink()
-    os.mkfifo(folder / fmt.MEMORY)  # nobody writes to it: an open or read would wait for ever
-    with pytest.raises(fmt.SnapshotError, match="memory.raw: a FIFO"):
+    (folder / fmt.CHUNKS / "1").unlink()
+    os.mkfifo(folder / fmt.CHUNKS / "1")  # nobody writes to it: an open or read would wait for ever
+    with pytest.raises(fmt.SnapshotError, match="chunks/1: a FIFO"):
         load(folder, verify_memory=False)
 
 
