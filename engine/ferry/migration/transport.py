@@ -298,7 +298,9 @@ class SshLink:
             return ""
         self.stderr.seek(0)
         lines = [line.strip() for line in self.stderr.read().decode(errors="replace").splitlines()]
-        said = "; ".join(line for line in lines if line)
+        # ssh ends with the cause, then the outcome ("Host key for X has changed ...", "Host key
+        # verification failed."); warning banners before them would make a screenful.
+        said = "; ".join([line for line in lines if line][-2:])
         return f"ssh to {self.host}: {said or f'ssh exited with status {self.process.returncode}'}"
 
     def close(self) -> None:
