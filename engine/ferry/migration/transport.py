@@ -108,7 +108,7 @@ class Channel:
                         raise LinkError(f"link: no progress for {self.link_timeout:.0f} s") from None
                     continue
                 if sent == 0:
-                    raise self._failed(None)
+                    raise LinkError("link closed while sending memory")
                 offset += sent
                 self.sent += sent
         except OSError as err:
