@@ -22,7 +22,8 @@ from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
 from ansible_collections.ferry.hypervisor.plugins.module_utils.common import argument_spec
-from ansible_collections.ferry.hypervisor.plugins.module_utils.migrate import MOVE_OPTIONS, preflight
+from ansible_collections.ferry.hypervisor.plugins.module_utils.migrate import (
+    MOVE_OPTIONS, bad_ssh_option, preflight, ssh_settings)
 from ansible_collections.ferry.hypervisor.plugins.plugin_utils.remote import RemoteHost
 
 display = Display()
@@ -50,6 +51,9 @@ class ActionModule(ActionBase):
         if validation.error_messages:
             return dict(result, failed=True, msg=validation.error_messages[0])
         params = validation.validated_parameters
+        refusal = bad_ssh_option(params['ssh_options'])
+        if refusal:
+            return dict(result, failed=True, msg=refusal)
         destination = None
         try:
             destination = RemoteHost(self, params['to'], task_vars)
@@ -100,10 +104,13 @@ class ActionModule(ActionBase):
         address = params['address'] or destination.variables['ansible_host']
         display.display('%s: moving to %s (%s:%d, %s)'
                         % (params['name'], params['to'], address, params['port'], params['mode']))
+        send = dict(move, step='send', address=address)
+        if params['transport'] == 'ssh':
+            send.update(ssh_settings(params, destination.variables))
         watch = Progress(RemoteHost(self, task_vars['inventory_hostname'], task_vars), params['name'], engine)
         watch.start()
         try:
-            sent = self._here(MODULE, dict(move, step='send', address=address), task_vars)
+            sent = self._here(MODULE, send, task_vars)
         finally:
             watch.stop()
         return sent['report']

@@ -15,6 +15,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
+import re
 import tempfile
 
 from ansible_collections.ferry.hypervisor.plugins.module_utils.engine import EngineError
@@ -31,7 +32,14 @@ MOVE_OPTIONS = dict(
     transport=dict(type='str', default='tcp', choices=['tcp', 'tls', 'ssh']),
     port=dict(type='int', default=7400),
     address=dict(type='str'),
+    ssh_user=dict(type='str'),
+    ssh_port=dict(type='int'),
+    ssh_config=dict(type='str'),
+    ssh_options=dict(type='list', elements='str'),
 )
+
+# An ssh_config keyword, ``=``, and a value on one line (the engine's ``--ssh-option`` rule).
+SSH_OPTION = re.compile(r'^[A-Za-z][A-Za-z0-9]*=[^\x00-\x1f\x7f]+$')
 
 # Memory the destination keeps free beside the VM (the engine's receiver refuses below it too).
 MEMORY_MARGIN_MIB = 64
@@ -74,7 +82,42 @@ def migrate_options(params):
     for flag, key in (('--max-downtime', 'max_downtime'), ('--timeout', 'timeout'), ('--bandwidth', 'bandwidth')):
         if params.get(key) is not None:
             options += [flag, str(params[key])]
+    if params['transport'] == 'ssh':
+        options += ssh_flags(params)
     return options
+
+
+def ssh_flags(params):
+    """``--ssh-*`` for what the task or the inventory set; the rest is left to ssh's config on
+    the source. FLAG=VALUE, so that a value beginning with ``-`` is not taken for a flag."""
+    flags = []
+    for flag, key in (('--ssh-user', 'ssh_user'), ('--ssh-port', 'ssh_port'), ('--ssh-config', 'ssh_config')):
+        if params.get(key) is not None:
+            flags.append('%s=%s' % (flag, params[key]))
+    return flags + ['--ssh-option=%s' % option for option in params.get('ssh_options') or []]
+
+
+def ssh_settings(params, variables):
+    """The source's ssh settings for the move: user and port are the task's, else those the
+    controller uses for ``to`` (its ``ansible_user`` and ``ansible_port``), else None (the
+    source's ssh config decides)."""
+    return {'ssh_user': params.get('ssh_user') or variables.get('ansible_user'),
+            'ssh_port': params.get('ssh_port') or variables.get('ansible_port'),
+            'ssh_config': params.get('ssh_config'), 'ssh_options': params.get('ssh_options')}
+
+
+def bad_ssh_option(options):
+    """The one-line refusal of the first of ``options`` that is not KEY=VALUE, or None."""
+    for option in options or []:
+        if not SSH_OPTION.match(option):
+            return 'ssh_options: %r is not KEY=VALUE (an ssh_config keyword, then a value on one line)' % option
+    return None
+
+
+def listen_host(transport):
+    """Over ssh the source arrives through the destination's sshd, from its loopback: nothing
+    else needs to reach the receiver. Otherwise it listens on every address."""
+    return '127.0.0.1' if transport == 'ssh' else '::'
 
 
 class MigrationEnd(object):
@@ -97,8 +140,8 @@ class MigrationEnd(object):
         with TokenFile(p['token']) as token_file:
             if p['step'] == 'receive':
                 # The receiver has read the token once it listens, so the file may go.
-                waiting = self.engine.receive(p['name'], host_port('::', p['port']), token_file,
-                                              receive_timeout(p['timeout']))
+                listen = host_port(listen_host(p['transport']), p['port'])
+                waiting = self.engine.receive(p['name'], listen, token_file, receive_timeout(p['timeout']))
                 self.done.append('receive')
                 return {'changed': True, 'receiver': waiting}
             report = self.engine.migrate(p['name'], host_port(p['address'], p['port']), token_file,

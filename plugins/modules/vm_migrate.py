@@ -54,7 +54,12 @@ options:
   transport:
     description:
       - V(tcp) sends over TCP, authenticated by a one-time token the controller makes for this move.
-      - V(tls) and V(ssh) need the certificates or keys of the engine's C(ferry migrate) on both hosts.
+      - V(tls) needs the certificates of the engine's C(ferry migrate) on both hosts.
+      - V(ssh) runs the source's OpenSSH client (C(ssh -W)) to the receiver, which then listens on
+        the loopback of O(to) only; the source needs no open port on O(to), only its sshd, and
+        its ssh config (C(~/.ssh/config) of the user the module runs as, or O(ssh_config)), agent and
+        jump hosts apply. It logs in to O(address) non-interactively, so the source needs a key
+        (a file or an agent) that O(to) accepts and the host key of O(to) in its known hosts.
     type: str
     choices: [tcp, tls, ssh]
     default: tcp
@@ -63,8 +68,37 @@ options:
     type: int
     default: 7400
   address:
-    description: The address the source reaches O(to) at; the V(ansible_host) of O(to) when unset.
+    description:
+      - The address the source reaches O(to) at; the V(ansible_host) of O(to) when unset.
+      - With O(transport=ssh), the host the source's C(ssh) logs in to, which may be a C(Host) of
+        its ssh config.
     type: str
+  ssh_user:
+    description:
+      - With O(transport=ssh), the user the source logs in to O(to) as.
+      - The V(ansible_user) of O(to) when unset; when that is unset too, the source's ssh config decides.
+    type: str
+    version_added: 0.2.0
+  ssh_port:
+    description:
+      - With O(transport=ssh), the port of the sshd of O(to).
+      - The V(ansible_port) of O(to) when unset; when that is unset too, the source's ssh config decides.
+    type: int
+    version_added: 0.2.0
+  ssh_config:
+    description:
+      - With O(transport=ssh), an ssh config file on the source to use instead of C(~/.ssh/config)
+        (C(ssh -F)).
+    type: str
+    version_added: 0.2.0
+  ssh_options:
+    description:
+      - With O(transport=ssh), ssh_config options for the source's C(ssh), each V(KEY=VALUE)
+        (C(ssh -o)), such as V(ProxyJump=bastion) or V(IdentityFile=/root/.ssh/migrate).
+      - They come before the ssh config files, so they win over them.
+    type: list
+    elements: str
+    version_added: 0.2.0
   step:
     description:
       - Set by the action plugin, which runs this module on each end; not for direct use.
@@ -90,7 +124,7 @@ attributes:
     description: Shows which host holds the VM before and after.
 notes:
   - Both hosts need the engine (the P(ferry.hypervisor.engine#role) role) and the source must
-    reach O(address):O(port) of the destination.
+    reach O(address):O(port) of the destination; with O(transport=ssh), the sshd of O(address) instead.
 seealso:
   - module: ferry.hypervisor.host_info
   - module: ferry.hypervisor.vm_info
@@ -103,6 +137,15 @@ EXAMPLES = r'''
     to: h2
     max_downtime: 50
   delegate_to: h1   # or a play on h1
+
+- name: Move web1 through SSH, the destination reached through a jump host
+  ferry.hypervisor.vm_migrate:
+    name: web1
+    to: h2
+    transport: ssh
+    ssh_options:
+      - ProxyJump=bastion.example.com
+  delegate_to: h1
 
 - name: What would block the move (check mode runs the pre-flight only)
   ferry.hypervisor.vm_migrate:

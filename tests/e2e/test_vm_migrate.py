@@ -52,11 +52,26 @@ def test_a_live_move_there_and_back(ansible, engine_installed):
     ansible.tasks([{"ferry.hypervisor.vm": {"name": NAME, "state": "absent"}}]).expect_ok()
 
 
+def test_a_move_over_ssh_through_the_sources_ssh_config(ansible, engine_installed):
+    """The receiver listens on h2's loopback only; h1's ssh reaches it with the lab's ssh config
+    (its key and known hosts), logging in as h2's ansible_user."""
+    ansible.tasks([{"ferry.hypervisor.vm": dict(VM, state="running")}]).expect_ok()
+    run = ansible.tasks([move(to="h2", transport="ssh", ssh_config="{{ ferry_lab_dir }}/ssh_config")])
+    (moved,) = task_results(run.expect_ok())
+    assert moved["moved"] is True and moved["report"]["outcome"] == "committed", moved
+    assert ansible.status("h1", NAME) is None and ansible.status("h2", NAME)["state"] == "running"
+    seen = ansible.beats("h2", NAME)
+    assert seen == list(range(seen[0], seen[0] + len(seen))), "the heartbeat sequence has a gap"
+    ansible.tasks([{"ferry.hypervisor.vm": {"name": NAME, "state": "absent"}}], host="h2").expect_ok()
+
+
 @pytest.mark.parametrize("params, message", [
     ({"to": "h1"}, "to: h1 is the host the task runs on; run it against the source"),
     ({"to": "nowhere"}, "to: 'nowhere' is not a host of the inventory"),
     ({"to": "h2", "name": "no-such-vm"}, "name: no VM named 'no-such-vm' on h1 or h2"),
     ({"to": "h2", "mode": "teleport"}, "value of mode must be one of: live, warm, cold, got: teleport"),
+    ({"to": "h2", "transport": "ssh", "ssh_options": ["ProxyJump"]},
+     "ssh_options: 'ProxyJump' is not KEY=VALUE (an ssh_config keyword, then a value on one line)"),
 ])
 def test_refusals_name_the_option_and_move_nothing(ansible, engine_installed, params, message):
     result = task_results(ansible.tasks([move(**params)]))[0]

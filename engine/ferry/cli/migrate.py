@@ -36,7 +36,8 @@ def cmd_migrate(args):
         progress = migrate.render_progress
     else:
         progress = lambda values: None  # noqa: E731
-    ssh = SshOptions(args.ssh_user, args.ssh_key, args.ssh_known_hosts, args.ssh_port)
+    ssh = SshOptions(args.ssh_user, args.ssh_key, args.ssh_known_hosts, args.ssh_port, args.ssh_config,
+                     tuple(args.ssh_option))
     report = migrate.migrate(Host(args.state_dir), args.name, args.to, args.token_file, args.mode,
                              args.max_downtime, args.timeout, args.bandwidth, args.transport, _tls(args), ssh,
                              progress, args.link_timeout, args.resolve)
@@ -84,6 +85,19 @@ def _tls_options(parser) -> None:
     parser.add_argument("--tls-ca", type=Path, help="CA certificate the peer's certificate must chain to")
 
 
+def _ssh_options(parser) -> None:
+    """For --transport ssh; what is not given here is left to ssh and its config."""
+    parser.add_argument("--ssh-user", help="for --transport ssh: the user (ssh -l)")
+    parser.add_argument("--ssh-key", type=Path, help="for --transport ssh: the private key (ssh -i)")
+    parser.add_argument("--ssh-known-hosts", type=Path,
+                        help="for --transport ssh: known_hosts to check the destination's key against")
+    parser.add_argument("--ssh-port", type=int, help="for --transport ssh: the port of the destination's sshd (ssh -p)")
+    parser.add_argument("--ssh-config", type=Path, metavar="FILE",
+                        help="for --transport ssh: this ssh config file instead of ~/.ssh/config (ssh -F)")
+    parser.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="for --transport ssh: an ssh_config option (ssh -o), repeatable")
+
+
 def register(sub, common) -> None:
 
     parser = sub.add_parser("migrate", parents=[common], help="move a VM to another host")
@@ -105,11 +119,7 @@ def register(sub, common) -> None:
     parser.add_argument("--resolve", action="store_true",
                         help="settle a migration left in doubt by asking the destination what happened")
     _link_options(parser)
-    parser.add_argument("--ssh-user", default="root", help="for --transport ssh: the user (default root)")
-    parser.add_argument("--ssh-key", type=Path, help="for --transport ssh: the private key")
-    parser.add_argument("--ssh-known-hosts", type=Path,
-                        help="for --transport ssh: known_hosts to check the destination's key against")
-    parser.add_argument("--ssh-port", type=int, default=22, help="for --transport ssh: the port (default 22)")
+    _ssh_options(parser)
     parser.set_defaults(func=cmd_migrate, render=_render_report)
 
     parser = sub.add_parser("receive", parents=[common], help="wait for a VM migrating to this host")

@@ -111,6 +111,8 @@ def migrate(host: Host, name: str, to: str, token_file: Path, mode: str = "live"
     options = sender.Options(mode, max_downtime_ms, timeout_s, parse_rate(bandwidth), read_token(token_file))
     if transport_name == "tls":  # bad files are refused before the VM is touched
         transport.tls_context(ssl.Purpose.SERVER_AUTH, tls or transport.TlsFiles())
+    if transport_name == "ssh":
+        transport.check_ssh(ssh or transport.SshOptions())
     vmdir = host.existing(name)
     connect = lambda: transport.connect(to, transport_name, tls, ssh, link_timeout=link_timeout)  # noqa: E731
     if resolve:

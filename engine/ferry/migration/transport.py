@@ -1,4 +1,5 @@
-"""Connections for migration: TCP (IPv4/IPv6), TLS, or a channel through SSH.
+"""Connections for migration: TCP (IPv4/IPv6), TLS, or stdio forwarding through the system's
+OpenSSH client (``ssh -W``), which honours the operator's ssh config, agent and jump hosts.
 
 ``Channel`` frames messages over any of them and moves memory with
 sendfile where the connection is a plain socket.
@@ -6,10 +7,14 @@ sendfile where the connection is a plain socket.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import select
 import socket
 import ssl
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,10 +50,13 @@ class TlsFiles:
 
 @dataclass
 class SshOptions:
-    user: str = "root"
+    """What ``ssh`` is told on its command line; whatever is None is left to the ssh config."""
+    user: str | None = None
     key: Path | None = None
     known_hosts: Path | None = None
-    port: int = 22
+    port: int | None = None
+    config: Path | None = None
+    options: tuple[str, ...] = ()  # KEY=VALUE, each passed as -o
 
 
 class Channel:
@@ -103,14 +111,14 @@ class Channel:
                     raise LinkError("link closed while sending memory")
                 offset += sent
                 self.sent += sent
-        except (OSError, socket.timeout) as err:
-            raise LinkError(f"link: {err}") from None
+        except OSError as err:
+            raise self._failed(err) from None
 
     def _sendall(self, data) -> None:
         try:
             self.conn.sendall(data)
-        except (OSError, socket.timeout, EOFError) as err:
-            raise LinkError(f"link: {err}") from None
+        except (OSError, EOFError) as err:
+            raise self._failed(err) from None
         self.sent += len(data)
 
     # --- receiving ---
@@ -147,18 +155,21 @@ class Channel:
         got, length = 0, len(view)
         try:
             while got < length:
-                if hasattr(self.conn, "recv_into"):
-                    count = self.conn.recv_into(view[got:], length - got)
-                else:
-                    data = self.conn.recv(min(length - got, 1 << 20))
-                    count = len(data)
-                    view[got:got + count] = data
+                count = self.conn.recv_into(view[got:], length - got)
                 if count == 0:
-                    raise LinkError("link closed by the peer")
+                    raise self._failed(None)
                 got += count
-        except (OSError, socket.timeout, EOFError) as err:
-            raise LinkError(f"link: {err}") from None
+        except (OSError, EOFError) as err:
+            raise self._failed(err) from None
         self.received += length
+
+    def _failed(self, err: Exception | None) -> LinkError:
+        """The link broke (``err``; None: the peer closed it). Over ssh, ssh's own words say
+        why when it gave up (a refused host key, a denied login), rather than a broken pipe."""
+        said = self.conn.failure(err) if isinstance(self.conn, SshLink) else ""
+        if said:
+            return LinkError(said)
+        return LinkError(f"link: {err}" if err else "link closed by the peer")
 
     def close(self) -> None:
         try:
@@ -193,29 +204,113 @@ def connect(address: str, transport: str = "tcp", tls: TlsFiles | None = None,
             raise LinkError(f"TLS with {host}:{port}: {err}") from None
         return Channel(conn, False, reads, link_timeout)
     if transport == "ssh":
-        return Channel(_ssh_channel(host, port, ssh or SshOptions(), timeout), False, reads, link_timeout)
+        return Channel(SshLink(host, ssh_argv(host, port, ssh or SshOptions(), timeout)), True, reads, link_timeout)
     raise ProtocolError(f"transport: {transport!r} is not one of tcp, tls, ssh")
 
 
-def _ssh_channel(host: str, port: int, options: SshOptions, timeout: float):
-    """A direct-tcpip channel to the receiver on the destination's loopback."""
-    import paramiko
+SSH_EXIT_WAIT = 5.0  # seconds ssh gets to pass on what it holds and end, once its stdin closes
+SSH_OPTION = re.compile(r"[A-Za-z][A-Za-z0-9]*=[^\x00-\x1f\x7f]+")
 
-    client = paramiko.SSHClient()
-    client.load_system_host_keys()
-    if options.known_hosts:
-        client.load_host_keys(str(options.known_hosts))
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    try:
-        client.connect(host, port=options.port, username=options.user,
-                       key_filename=str(options.key) if options.key else None, timeout=timeout,
-                       allow_agent=False, look_for_keys=options.key is None)
-        channel = client.get_transport().open_channel("direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0))
-    except (paramiko.SSHException, OSError) as err:
-        client.close()
-        raise LinkError(f"SSH to {host}: {err}") from None
-    channel.ssh_client = client  # keeps the SSH connection alive as long as the channel
-    return channel
+
+def check_ssh(options: SshOptions) -> None:
+    """Refuse bad ssh settings in one line naming the option, before the VM is touched."""
+    for value in options.options:
+        if not SSH_OPTION.fullmatch(value):
+            raise ProtocolError(f"ssh-option: {value!r} is not KEY=VALUE (an ssh_config keyword, "
+                                "then a value on one line)")
+    if options.user is not None and (not options.user or _has_control(options.user)):
+        raise ProtocolError(f"ssh-user: {options.user!r} is not a user name on one line")
+    if options.port is not None and not 0 < options.port < 65536:
+        raise ProtocolError(f"ssh-port: {options.port} is not a port (1-65535)")
+    known_hosts = str(options.known_hosts or "")
+    if _has_control(known_hosts) or '"' in known_hosts:
+        raise ProtocolError(f"ssh-known-hosts: {known_hosts!r} is not a path on one line without double quotes")
+    for option, path in (("ssh-config", options.config), ("ssh-key", options.key)):
+        if path is not None:
+            _readable(option, path)
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(char) < 32 or ord(char) == 127 for char in text)
+
+
+def ssh_argv(host: str, port: int, options: SshOptions, timeout: float) -> list[str]:
+    """``ssh -W`` to the receiver on the destination's loopback. ssh keeps the first value it
+    sees for a keyword: first what must hold (never prompt), then the operator's flags and
+    options, then our connect timeout, and last the ssh config files."""
+    argv = ["ssh", "-W", f"127.0.0.1:{port}", "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes"]
+    if options.config is not None:
+        argv += ["-F", str(options.config)]
+    if options.user is not None:
+        argv += ["-l", options.user]
+    if options.port is not None:
+        argv += ["-p", str(options.port)]
+    if options.key is not None:
+        argv += ["-i", str(options.key)]
+    if options.known_hosts is not None:
+        argv += ["-o", f'UserKnownHostsFile="{options.known_hosts}"']  # quoted: ssh splits it at spaces
+    for option in options.options:
+        argv += ["-o", option]
+    argv += ["-o", f"ConnectTimeout={max(1, math.ceil(timeout))}"]
+    return argv + ["--", host]  # a host such as "-oProxyCommand=..." stays a host
+
+
+class SshLink:
+    """Our end of a socketpair whose other end is the stdin and stdout of ``ssh -W``: a plain
+    socket to ``Channel`` (sendfile works on AF_UNIX), with the ssh process tied to it."""
+
+    def __init__(self, host: str, argv: list[str]):
+        self.host = host
+        self.sock, theirs = socket.socketpair()
+        self.stderr = tempfile.TemporaryFile()  # a file, not a pipe: ssh never blocks on it
+        try:
+            # A session of its own: a Ctrl-C meant for ferry must not cut the link it aborts over.
+            self.process = subprocess.Popen(argv, stdin=theirs, stdout=theirs, stderr=self.stderr,
+                                            start_new_session=True)
+        except OSError as err:
+            self.sock.close()
+            self.stderr.close()
+            raise LinkError(f"ssh to {host}: cannot run {argv[0]}: {err.strerror}") from None
+        finally:
+            theirs.close()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def settimeout(self, timeout: float) -> None:
+        self.sock.settimeout(timeout)
+
+    def sendall(self, data) -> None:
+        self.sock.sendall(data)
+
+    def recv_into(self, view, length: int) -> int:
+        return self.sock.recv_into(view, length)
+
+    def failure(self, err: Exception | None) -> str:
+        """What ssh said when it gave up, in one line; "" when it did not (still running, or
+        the far end closed the link)."""
+        try:
+            # A link that timed out has ssh still waiting too: no words to wait for.
+            self.process.wait(0 if isinstance(err, TimeoutError) else SSH_EXIT_WAIT)
+        except subprocess.TimeoutExpired:
+            return ""
+        if self.process.returncode == 0:
+            return ""
+        self.stderr.seek(0)
+        lines = [line.strip() for line in self.stderr.read().decode(errors="replace").splitlines()]
+        # ssh ends with the cause, then the outcome ("Host key for X has changed ...", "Host key
+        # verification failed."); warning banners before them would make a screenful.
+        said = "; ".join([line for line in lines if line][-2:])
+        return f"ssh to {self.host}: {said or f'ssh exited with status {self.process.returncode}'}"
+
+    def close(self) -> None:
+        self.sock.close()  # EOF on ssh's stdin: it passes on what it holds, then ends
+        try:
+            self.process.wait(SSH_EXIT_WAIT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.stderr.close()
 
 
 def tls_context(purpose: ssl.Purpose, tls: TlsFiles) -> ssl.SSLContext:

@@ -11,14 +11,14 @@ from support.requirements import check_lab
 def lab(tmp_path_factory):
     check_lab()
     lab = Lab(str(tmp_path_factory.mktemp("migration-lab") / "lab"))
-    lab.up(hosts=2)
+    lab.up(hosts=3)  # the third serves as a jump host (ProxyJump) only
     yield lab
     lab.down()
 
 
 @pytest.fixture
 def hosts(lab):
-    pair = [Host(lab, info) for info in lab.hosts]
+    pair = [Host(lab, info) for info in lab.hosts[:2]]
     yield pair
     for host in pair:
         host.cleanup()
@@ -26,6 +26,11 @@ def hosts(lab):
         lab.link(info["name"], up=True)
         lab.link(info["name"], clear=True)
 
+
+@pytest.fixture
+def jump(lab, hosts):
+    """The lab's third host, which runs no VM: only its sshd, for ProxyJump."""
+    return Host(lab, lab.hosts[2])
 
 
 @pytest.fixture

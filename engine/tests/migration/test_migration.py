@@ -1,8 +1,15 @@
 """Live, warm and cold migration between two lab hosts, on real KVM, over real links."""
 
+import json
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+
 import pytest
 
-from support.labhost import PORT, exactly_one_copy, migrate, receive, start_vm, wait_beats
+from support.labhost import PORT, exactly_one_copy, migrate, receive, receiver_waits_on, start_vm, wait_beats
 
 pytestmark = [pytest.mark.kvm, pytest.mark.lab]
 
@@ -73,6 +80,81 @@ def test_ssh_transport_needs_no_open_port(hosts, tmp_path, token, lab):
     migrate(h1, f"{h2.ipv4}:{PORT}", token, "m1", "--transport", "ssh", "--ssh-key", state["ssh_key"],
             "--ssh-known-hosts", state["known_hosts"])
     exactly_one_copy(h2, h1)
+
+
+def ssh_config(path: Path, lab, lines: list[str]) -> Path:
+    """An operator's ssh config: ``lines`` for their hosts, then the lab's key and known hosts."""
+    state = lab.require()
+    path.write_text("\n".join(lines + [
+        "Host *", "    User root", f"    IdentityFile {state['ssh_key']}", "    IdentitiesOnly yes",
+        f"    UserKnownHostsFile {state['known_hosts']}", "    GlobalKnownHostsFile /dev/null",
+        "    StrictHostKeyChecking yes", "    BatchMode yes"]) + "\n")
+    return path
+
+
+def test_ssh_transport_reaches_a_destination_only_through_the_jump_host_of_an_ssh_config(
+        hosts, jump, tmp_path, token, lab):
+    h1, h2 = hosts
+    config = ssh_config(tmp_path / "ssh_config", lab, [
+        "Host dest", f"    HostName {h2.ipv4}", "    ProxyJump bastion",
+        "Host bastion", f"    HostName {jump.ipv4}"])
+    start_vm(h1, tmp_path)
+    receive(h2, token, address=f"127.0.0.1:{PORT}")
+    h1.sh(f"ip route add prohibit {h2.ipv4}/32")  # h1 reaches h2 only by way of the jump host
+    try:
+        assert h1.sh(f"ssh -F {config} -o ConnectTimeout=2 {h2.ipv4} true; echo $?").strip() == "255"
+        report = migrate(h1, f"dest:{PORT}", token, "m1", "--transport", "ssh", "--ssh-config", str(config))
+    finally:
+        h1.sh(f"ip route del prohibit {h2.ipv4}/32")
+    assert report["outcome"] == "committed"
+    exactly_one_copy(h2, h1)
+
+
+@pytest.fixture
+def agent(tmp_path, lab):
+    """An ssh-agent holding the lab's key, which the engine is then never given as a file."""
+    socket_path = tmp_path / "agent.sock"
+    # Without -D it returns once its socket listens, printing its pid.
+    started = subprocess.run(["ssh-agent", "-s", "-a", str(socket_path)], check=True, capture_output=True,
+                             text=True, timeout=30)
+    pid = int(re.search(r"SSH_AGENT_PID=(\d+)", started.stdout).group(1))
+    try:
+        env = {**os.environ, "SSH_AUTH_SOCK": str(socket_path)}
+        subprocess.run(["ssh-add", lab.require()["ssh_key"]], env=env, check=True, capture_output=True, timeout=30)
+        yield env
+    finally:
+        os.kill(pid, signal.SIGTERM)
+
+
+def test_ssh_transport_with_the_key_only_in_an_ssh_agent(hosts, tmp_path, token, lab, agent):
+    h1, h2 = hosts
+    start_vm(h1, tmp_path)
+    arrival = receive(h2, token, address=f"127.0.0.1:{PORT}")
+    flags = ("--transport", "ssh", "--ssh-known-hosts", lab.require()["known_hosts"])
+    no_agent = {key: value for key, value in agent.items() if key != "SSH_AUTH_SOCK"}
+    denied = migrate(h1, f"{h2.ipv4}:{PORT}", token, "m1", *flags, expect_ok=False, env=no_agent)
+    assert denied.returncode != 0
+    assert json.loads(denied.stderr)["error"] == f"ssh to {h2.ipv4}: root@{h2.ipv4}: Permission denied (publickey)."
+    assert h1.ok("status", "m1")["state"] == "running" and arrival["pid"] in h2.vm_processes()
+    report = migrate(h1, f"{h2.ipv4}:{PORT}", token, "m1", *flags, env=agent)
+    assert report["outcome"] == "committed"
+    exactly_one_copy(h2, h1)
+
+
+def test_a_refused_host_key_is_one_line_and_the_vm_runs_on_at_the_source(hosts, tmp_path, token, lab):
+    h1, h2 = hosts
+    state = lab.require()
+    start_vm(h1, tmp_path)
+    arrival = receive(h2, token, address=f"127.0.0.1:{PORT}")
+    wrong = tmp_path / "known_hosts"  # h2's address with another key: what a man in the middle shows
+    wrong.write_text(f"{h2.ipv4} {' '.join(Path(state['ssh_key'] + '.pub').read_text().split()[:2])}\n")
+    done = migrate(h1, f"{h2.ipv4}:{PORT}", token, "m1", "--transport", "ssh", "--ssh-key", state["ssh_key"],
+                   "--ssh-known-hosts", str(wrong), expect_ok=False)
+    assert done.returncode != 0
+    assert json.loads(done.stderr)["error"] == (f"ssh to {h2.ipv4}: Host key for {h2.ipv4} has changed and you have "
+                                                "requested strict checking.; Host key verification failed.")
+    receiver_waits_on(h2, arrival["pid"])
+    exactly_one_copy(h1, h2)
 
 
 def test_slow_link_auto_converges_a_busy_guest(hosts, tmp_path, token, lab):

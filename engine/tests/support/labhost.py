@@ -40,9 +40,9 @@ class Host:
                 found[int(pid)] = args
         return found
 
-    def run(self, *args, timeout=120):
+    def run(self, *args, timeout=120, env=None):
         return self.lab.exec(self.name, [sys.executable, "-m", "ferry.cli", *args],
-                             capture_output=True, text=True, timeout=timeout)
+                             capture_output=True, text=True, timeout=timeout, env=env)
 
     def ok(self, *args, timeout=120):
         done = self.run("--json", *args, timeout=timeout)
@@ -118,9 +118,9 @@ def receive(host: Host, token, name="m1", address=None, extra=()):
                    "--timeout", "60", "--link-timeout", "5", *extra)
 
 
-def migrate(host: Host, to: str, token, name="m1", *extra, expect_ok=True):
+def migrate(host: Host, to: str, token, name="m1", *extra, expect_ok=True, env=None):
     done = host.run("--json", "migrate", name, "--to", to, "--token-file", str(token),
-                    "--link-timeout", "5", *extra, timeout=300)
+                    "--link-timeout", "5", *extra, timeout=300, env=env)
     if expect_ok:
         assert done.returncode == 0, f"migrate failed: {done.stderr}"
         return json.loads(done.stdout.strip().splitlines()[-1])

@@ -104,3 +104,24 @@ def test_a_receiver_needs_its_certificate_for_tls(tmp_path, token, pki):
     done = ferry(tmp_path, "receive", "m1", "--listen", f"127.0.0.1:{free_port()}", "--token-file", str(token),
                  "--detach", "--tls-ca", str(pki / "cert.pem"))
     one_line_naming(done, "tls-cert:", "required on the receiver")
+
+
+BAD_FLAGS = [
+    (["--ssh-option", "ProxyJump"], ("ssh-option:", "'ProxyJump'", "KEY=VALUE")),
+    (["--ssh-option", "=jump"], ("ssh-option:", "KEY=VALUE")),
+    (["--ssh-option", "ProxyJump="], ("ssh-option:", "KEY=VALUE")),
+    (["--ssh-option=-oProxyCommand=x"], ("ssh-option:", "KEY=VALUE")),
+    (["--ssh-option", "User=root\nProxyCommand=touch /tmp/x"], ("ssh-option:", "KEY=VALUE", "one line")),
+    (["--ssh-user", "root\nProxyCommand"], ("ssh-user:", "one line")),
+    (["--ssh-port", "0"], ("ssh-port:", "1-65535")),
+    (["--ssh-known-hosts", 'a"b'], ("ssh-known-hosts:", "double quotes")),
+    (["--ssh-config", "/no/such/config"], ("ssh-config:", "/no/such/config", "No such file")),
+    (["--ssh-key", "/no/such/key"], ("ssh-key:", "/no/such/key", "No such file")),
+]
+
+
+@pytest.mark.parametrize("flags, words", BAD_FLAGS, ids=[" ".join(flags) for flags, _ in BAD_FLAGS])
+def test_bad_ssh_flags_are_one_line_naming_the_flag(tmp_path, token, flags, words):
+    done = ferry(tmp_path, "migrate", "m1", "--to", "h2:7400", "--token-file", str(token),
+                 "--transport", "ssh", *flags)
+    one_line_naming(done, *words)

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from ansible_collections.ferry.hypervisor.plugins.module_utils.migrate import (
-    MEMORY_MARGIN_MIB, TokenFile, host_port, migrate_options, preflight)
+    MEMORY_MARGIN_MIB, MigrationEnd, TokenFile, bad_ssh_option, host_port, migrate_options, preflight, ssh_settings)
 
 VM = {"name": "web", "state": "running", "vcpus": 2, "memory": 1024}
 
@@ -101,6 +101,86 @@ def test_the_engines_flags_and_no_flag_for_what_is_unset():
     params = {"mode": "live", "transport": "tcp", "max_downtime": 50.0, "timeout": None, "bandwidth": "1G"}
     assert migrate_options(params) == ["--mode", "live", "--transport", "tcp", "--max-downtime", "50.0",
                                        "--bandwidth", "1G"]
+
+
+SSH_MOVE = {"mode": "live", "transport": "ssh", "max_downtime": None, "timeout": None, "bandwidth": None}
+
+
+def test_over_ssh_only_what_is_set_becomes_a_flag():
+    assert migrate_options(dict(SSH_MOVE, ssh_user=None, ssh_port=None, ssh_config=None, ssh_options=None)) == [
+        "--mode", "live", "--transport", "ssh"]
+
+
+def test_over_ssh_the_login_config_and_options_become_flags_a_dash_cannot_turn_into_flags():
+    params = dict(SSH_MOVE, ssh_user="-ops", ssh_port=2222, ssh_config="/root/.ssh/migrate.conf",
+                  ssh_options=["ProxyJump=bastion", "-oProxyCommand=x"])
+    assert migrate_options(params) == ["--mode", "live", "--transport", "ssh", "--ssh-user=-ops", "--ssh-port=2222",
+                                       "--ssh-config=/root/.ssh/migrate.conf", "--ssh-option=ProxyJump=bastion",
+                                       "--ssh-option=-oProxyCommand=x"]
+
+
+def test_ssh_flags_only_with_transport_ssh():
+    params = dict(SSH_MOVE, transport="tcp", ssh_user="ops", ssh_options=["ProxyJump=bastion"])
+    assert migrate_options(params) == ["--mode", "live", "--transport", "tcp"]
+
+
+@pytest.mark.parametrize("task, inventory, expected", [
+    ({}, {"ansible_host": "10.0.0.2"}, (None, None)),
+    ({}, {"ansible_user": "ops", "ansible_port": 2222}, ("ops", 2222)),
+    ({"ssh_user": "root", "ssh_port": 22}, {"ansible_user": "ops", "ansible_port": 2222}, ("root", 22)),
+])
+def test_the_ssh_login_is_the_tasks_else_the_destinations_inventory_else_ssh_configs(task, inventory, expected):
+    params = dict({"ssh_user": None, "ssh_port": None, "ssh_config": "/etc/ferry/ssh_config",
+                   "ssh_options": ["ProxyJump=bastion"]}, **task)
+    assert ssh_settings(params, inventory) == {"ssh_user": expected[0], "ssh_port": expected[1],
+                                               "ssh_config": "/etc/ferry/ssh_config",
+                                               "ssh_options": ["ProxyJump=bastion"]}
+
+
+@pytest.mark.parametrize("option", ["ProxyJump", "=bastion", "ProxyJump=", "-oProxyJump=x", "User=a\nProxyCommand=x"])
+def test_an_ssh_option_that_is_not_key_value_is_one_line_naming_the_option(option):
+    message = bad_ssh_option(["ConnectTimeout=5", option])
+    assert message == "ssh_options: %r is not KEY=VALUE (an ssh_config keyword, then a value on one line)" % option
+    assert "\n" not in message
+
+
+def test_good_ssh_options_pass():
+    assert bad_ssh_option(None) is None
+    assert bad_ssh_option(["ProxyJump=root@bastion:2222", "ProxyCommand=ssh -W %h:%p jump"]) is None
+
+
+class RecordingEngine(object):
+    """The two engine calls an end makes, recorded."""
+
+    def __init__(self):
+        self.calls = []
+
+    def receive(self, name, listen, token_file, timeout):
+        self.calls.append(("receive", name, listen, timeout))
+        return {"port": 7400}
+
+    def migrate(self, name, to, token_file, options):
+        self.calls.append(("migrate", name, to, options))
+        return {"outcome": "committed"}
+
+
+@pytest.mark.parametrize("transport, listen", [("ssh", "127.0.0.1:7400"), ("tcp", "[::]:7400"), ("tls", "[::]:7400")])
+def test_the_receiver_listens_on_the_loopback_only_over_ssh(transport, listen):
+    eng = RecordingEngine()
+    params = {"name": "web", "step": "receive", "token": "ab" * 32, "transport": transport, "port": 7400,
+              "timeout": 60}
+    MigrationEnd(eng, params).apply()
+    assert eng.calls == [("receive", "web", listen, 120)]
+
+
+def test_the_source_over_ssh_is_given_the_destinations_address_and_login():
+    eng = RecordingEngine()
+    params = dict(SSH_MOVE, name="web", step="send", token="ab" * 32, address="h2-via-bastion", port=7400,
+                  **ssh_settings({"ssh_user": None, "ssh_port": None, "ssh_config": None, "ssh_options": None},
+                                 {"ansible_user": "ops", "ansible_port": 2222}))
+    assert MigrationEnd(eng, params).apply() == {"changed": True, "report": {"outcome": "committed"}}
+    assert eng.calls == [("migrate", "web", "h2-via-bastion:7400",
+                          ["--mode", "live", "--transport", "ssh", "--ssh-user=ops", "--ssh-port=2222"])]
 
 
 def test_the_token_file_is_private_and_gone_afterwards():
