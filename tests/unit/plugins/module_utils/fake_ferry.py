@@ -179,11 +179,14 @@ class FakeFerry:
         if any(snapshot["id"] == snapshot_id for snapshot in kept):
             raise Conflict(f"snapshot: {vm['name']} already has a snapshot {snapshot_id!r}")
         compressed = "--compress" in options
+        # As the engine: a snapshot shares the unchanged chunks of the newest uncompressed one.
+        parents = [] if compressed or "--full" in options else [s for s in kept if not s["compression"]]
         snapshot = {"id": snapshot_id, "vm": vm["name"], "created": f"2026-12-03T00:00:{self.clock:02d}.000000Z",
                     "mode": "stop-the-world" if "--stop-the-world" in options else "live", "tags": tags,
                     "origin": {"kind": "manual"}, "pause_ms": 3.0, "total_ms": 120.0, "disk_bytes": 4096,
                     "memory_bytes": vm["memory"] << 20, "compression": "zstd" if compressed else None,
                     "compress_ms": 10.0 if compressed else None, "protected": False,
+                    "parent": parents[-1]["id"] if parents else None, "shared_bytes": 4096 if parents else 0,
                     "path": f"{state_dir}/vms/{vm['name']}/snapshots/{snapshot_id}"}
         kept.append(snapshot)
         return copy.deepcopy(snapshot)
