@@ -19,7 +19,7 @@ NAMES = ["venv", "python", "state_dir", "require_kvm", "build_cache", "use_index
 WARNING = "[DEPRECATION WARNING] the engine role's variables are renamed"
 
 
-def playbook(tmp_path, play_vars, tasks):
+def playbook(tmp_path, play_vars, tasks, *args):
     path = tmp_path / "play.yml"
     path.write_text(yaml.safe_dump([{"hosts": "localhost", "connection": "local", "gather_facts": False,
                                      "vars": play_vars, "tasks": tasks}]))
@@ -27,7 +27,7 @@ def playbook(tmp_path, play_vars, tasks):
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                ANSIBLE_PYTHON_INTERPRETER=sys.executable)
     return subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,",
-                           str(path)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           str(path), *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=300, check=False)
 
 
