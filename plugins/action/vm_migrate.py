@@ -23,7 +23,7 @@ from ansible.utils.display import Display
 
 from ansible_collections.ferry.hypervisor.plugins.module_utils.common import argument_spec
 from ansible_collections.ferry.hypervisor.plugins.module_utils.migrate import (
-    MOVE_OPTIONS, bad_ssh_option, preflight, ssh_settings)
+    MOVE_OPTIONS, MOVE_REQUIRED_IF, TLS_OPTIONS, bad_ssh_option, preflight, ssh_settings)
 from ansible_collections.ferry.hypervisor.plugins.plugin_utils.remote import RemoteHost
 
 display = Display()
@@ -47,7 +47,7 @@ class ActionModule(ActionBase):
 
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
-        validation = ArgumentSpecValidator(SPEC).validate(self._task.args)
+        validation = ArgumentSpecValidator(SPEC, required_if=MOVE_REQUIRED_IF).validate(self._task.args)
         if validation.error_messages:
             return dict(result, failed=True, msg=validation.error_messages[0])
         params = validation.validated_parameters
@@ -97,7 +97,7 @@ class ActionModule(ActionBase):
     def _transfer(self, params, engine, destination, task_vars):
         token = secrets.token_hex(32)  # one move, one secret; it never leaves the two module runs
         move = dict((key, params[key]) for key in ('name', 'to', 'mode', 'max_downtime', 'timeout', 'bandwidth',
-                                                   'transport', 'port'))
+                                                   'transport', 'port') + TLS_OPTIONS)
         move.update(engine, token=token)
         display.display('%s: preparing the receiver on %s' % (params['name'], params['to']))
         self._facts(destination, MODULE, dict(move, step='receive'))

@@ -157,10 +157,10 @@ class Engine(object):
         options = (['--as', as_name] if as_name is not None else []) + (['--replace'] if replace else [])
         return self.run('restore', options, name=name, more=[snapshot])
 
-    def receive(self, name, listen, token_file, timeout):
-        """Start a receiver for ``name`` and return once it listens."""
+    def receive(self, name, listen, token_file, timeout, extra=()):
+        """Start a receiver for ``name`` and return once it listens (``extra``: more flags)."""
         options = ['--listen', listen, '--token-file', token_file, '--timeout', str(timeout), '--detach']
-        return self.run('receive', options, name=name)
+        return self.run('receive', options + list(extra), name=name)
 
     def migrate(self, name, to, token_file, options):
         """Move ``name`` to the receiver at ``to``; the engine's report (``options``: more flags)."""

@@ -36,7 +36,13 @@ MOVE_OPTIONS = dict(
     ssh_port=dict(type='int'),
     ssh_config=dict(type='str'),
     ssh_options=dict(type='list', elements='str'),
+    tls_cert=dict(type='path'),
+    tls_key=dict(type='path'),
+    tls_ca=dict(type='path'),
 )
+# transport=tls needs all three: each end proves itself with its certificate and checks the other's.
+TLS_OPTIONS = ('tls_cert', 'tls_key', 'tls_ca')
+MOVE_REQUIRED_IF = [('transport', 'tls', TLS_OPTIONS)]
 
 # An ssh_config keyword, ``=``, and a value on one line (the engine's ``--ssh-option`` rule).
 SSH_OPTION = re.compile(r'^[A-Za-z][A-Za-z0-9]*=[^\x00-\x1f\x7f]+$')
@@ -84,7 +90,17 @@ def migrate_options(params):
             options += [flag, str(params[key])]
     if params['transport'] == 'ssh':
         options += ssh_flags(params)
-    return options
+    return options + tls_flags(params)
+
+
+def tls_flags(params):
+    """``--tls-*``, the same on both ends: each host's own certificate and key (at the same paths
+    on every host) and the CA both chain to, so the receiver admits only a source it can verify
+    and the source sends only to a receiver it can verify."""
+    if params['transport'] != 'tls':
+        return []
+    return ['--%s=%s' % (key.replace('_', '-'), params[key]) for key in TLS_OPTIONS]
+
 
 
 def ssh_flags(params):
@@ -141,7 +157,8 @@ class MigrationEnd(object):
             if p['step'] == 'receive':
                 # The receiver has read the token once it listens, so the file may go.
                 listen = host_port(listen_host(p['transport']), p['port'])
-                waiting = self.engine.receive(p['name'], listen, token_file, receive_timeout(p['timeout']))
+                waiting = self.engine.receive(p['name'], listen, token_file, receive_timeout(p['timeout']),
+                                              tls_flags(p))
                 self.done.append('receive')
                 return {'changed': True, 'receiver': waiting}
             report = self.engine.migrate(p['name'], host_port(p['address'], p['port']), token_file,

@@ -54,7 +54,10 @@ options:
   transport:
     description:
       - V(tcp) sends over TCP, authenticated by a one-time token the controller makes for this move.
-      - V(tls) needs the certificates of the engine's C(ferry migrate) on both hosts.
+      - V(tls) encrypts the move with mutual TLS: each host proves itself with its certificate
+        (O(tls_cert), O(tls_key)) and admits only a peer whose certificate chains to O(tls_ca),
+        on top of the token. The source checks the name of O(to)'s certificate against O(address)
+        (the V(ansible_host) of O(to)), so an address needs an IP subject alternative name.
       - V(ssh) runs the source's OpenSSH client (C(ssh -W)) to the receiver, which then listens on
         the loopback of O(to) only; the source needs no open port on O(to), only its sshd, and
         its ssh config (C(~/.ssh/config) of the user the module runs as, or O(ssh_config)), agent and
@@ -98,6 +101,20 @@ options:
       - They come before the ssh config files, so they win over them.
     type: list
     elements: str
+    version_added: 0.2.0
+  tls_cert:
+    description:
+      - With O(transport=tls), the host's own certificate (PEM), at this path on both hosts (each
+        host its own file). Required with O(transport=tls).
+    type: path
+    version_added: 0.2.0
+  tls_key:
+    description: With O(transport=tls), the private key (PEM) of O(tls_cert), at this path on both hosts.
+    type: path
+    version_added: 0.2.0
+  tls_ca:
+    description: With O(transport=tls), the CA certificate (PEM) both hosts' certificates chain to.
+    type: path
     version_added: 0.2.0
   step:
     description:
@@ -145,6 +162,16 @@ EXAMPLES = r'''
     transport: ssh
     ssh_options:
       - ProxyJump=bastion.example.com
+  delegate_to: h1
+
+- name: Move it over mutual TLS (each host's certificate at the same path)
+  ferry.hypervisor.vm_migrate:
+    name: web1
+    to: h2
+    transport: tls
+    tls_cert: /etc/ferry/tls/host.pem
+    tls_key: /etc/ferry/tls/host.key
+    tls_ca: /etc/ferry/tls/ca.pem
   delegate_to: h1
 
 - name: What would block the move (check mode runs the pre-flight only)
@@ -213,7 +240,8 @@ vm:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ferry.hypervisor.plugins.module_utils.common import argument_spec, run
-from ansible_collections.ferry.hypervisor.plugins.module_utils.migrate import MOVE_OPTIONS, MigrationEnd
+from ansible_collections.ferry.hypervisor.plugins.module_utils.migrate import (
+    MOVE_OPTIONS, MOVE_REQUIRED_IF, MigrationEnd)
 
 
 def main():
@@ -223,7 +251,7 @@ def main():
             token=dict(type='str', no_log=True),
             **MOVE_OPTIONS
         ),
-        required_if=[('step', 'send', ['address'])],
+        required_if=[('step', 'send', ['address'])] + MOVE_REQUIRED_IF,
         supports_check_mode=True,
     )
     run(module, MigrationEnd, predict_without_engine=False)

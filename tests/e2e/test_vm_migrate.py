@@ -5,7 +5,9 @@ changes nothing, the move back; check mode that only runs the pre-flight; refusa
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 
 import pytest
 
@@ -65,6 +67,50 @@ def test_a_move_over_ssh_through_the_sources_ssh_config(ansible, engine_installe
     ansible.tasks([{"ferry.hypervisor.vm": {"name": NAME, "state": "absent"}}], host="h2").expect_ok()
 
 
+def make_certificates(ansible, folder) -> None:
+    """A CA, and for each lab host a certificate for its address, put at /etc/ferry/tls/ on it."""
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True, timeout=60)
+    openssl("req", "-x509", "-newkey", "ed25519", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=ferry e2e CA")
+    for host in ansible.lab.hosts:
+        name = host["name"]
+        openssl("req", "-newkey", "ed25519", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN={name}")
+        with open(os.path.join(folder, f"{name}.ext"), "w") as handle:
+            handle.write(f"subjectAltName=IP:{host['ipv4']},DNS:{name}\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
+        script = (f"mkdir -p -m 700 /etc/ferry/tls && cp {folder}/{name}.pem /etc/ferry/tls/host.pem && "
+                  f"cp {folder}/{name}.key /etc/ferry/tls/host.key && cp {folder}/ca.pem /etc/ferry/tls/ca.pem")
+        ansible.lab.exec(name, ["sh", "-c", script], check=True, timeout=30)
+
+
+TLS = {"transport": "tls", "tls_cert": "/etc/ferry/tls/host.pem", "tls_key": "/etc/ferry/tls/host.key",
+       "tls_ca": "/etc/ferry/tls/ca.pem"}
+
+
+def test_a_move_over_mutual_tls_with_each_hosts_certificate(ansible, engine_installed, tmp_path):
+    make_certificates(ansible, str(tmp_path))
+    ansible.tasks([{"ferry.hypervisor.vm": dict(VM, state="running")}]).expect_ok()
+    run = ansible.tasks([move(to="h2", **TLS)])
+    (moved,) = task_results(run.expect_ok())
+    assert moved["moved"] is True and moved["report"]["outcome"] == "committed", moved
+    assert ansible.status("h1", NAME) is None and ansible.status("h2", NAME)["state"] == "running"
+    seen = ansible.beats("h2", NAME)
+    assert seen == list(range(seen[0], seen[0] + len(seen))), "the heartbeat sequence has a gap"
+
+    # A source whose certificate the destination's CA did not sign is refused; the VM stays put.
+    ansible.lab.exec("h2", ["openssl", "req", "-x509", "-newkey", "ed25519", "-nodes", "-keyout",
+                            "/etc/ferry/tls/self.key", "-out", "/etc/ferry/tls/self.pem", "-days", "1",
+                            "-subj", "/CN=intruder"], check=True, capture_output=True, timeout=60)
+    intruder = dict(TLS, tls_cert="/etc/ferry/tls/self.pem", tls_key="/etc/ferry/tls/self.key")
+    refused = task_results(ansible.tasks([move(to="h1", timeout=20, **intruder)], host="h2"))[0]
+    assert refused["failed"] is True and "TLS" in refused["msg"], refused
+    assert ansible.status("h2", NAME)["state"] == "running" and ansible.status("h1", NAME) is None
+    ansible.tasks([{"ferry.hypervisor.vm": {"name": NAME, "state": "absent"}}], host="h2").expect_ok()
+
+
 @pytest.mark.parametrize("params, message", [
     ({"to": "h1"}, "to: h1 is the host the task runs on; run it against the source"),
     ({"to": "nowhere"}, "to: 'nowhere' is not a host of the inventory"),
@@ -72,6 +118,7 @@ def test_a_move_over_ssh_through_the_sources_ssh_config(ansible, engine_installe
     ({"to": "h2", "mode": "teleport"}, "value of mode must be one of: live, warm, cold, got: teleport"),
     ({"to": "h2", "transport": "ssh", "ssh_options": ["ProxyJump"]},
      "ssh_options: 'ProxyJump' is not KEY=VALUE (an ssh_config keyword, then a value on one line)"),
+    ({"to": "h2", "transport": "tls", "tls_cert": "/c.pem"}, "transport is tls but all of the following are missing"),
 ])
 def test_refusals_name_the_option_and_move_nothing(ansible, engine_installed, params, message):
     result = task_results(ansible.tasks([move(**params)]))[0]

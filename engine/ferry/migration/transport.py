@@ -364,8 +364,9 @@ class Listener:
             raise ProtocolError("tls-cert: required on the receiver when --tls-key or --tls-ca is given")
         if tls and tls.cert:
             self.context = tls_context(ssl.Purpose.CLIENT_AUTH, tls)
-            if not tls.ca:
-                self.context.verify_mode = ssl.CERT_NONE
+            # A server context asks for no client certificate by default: with a CA given, the
+            # source must present one that chains to it (mutual TLS), else the token alone admits.
+            self.context.verify_mode = ssl.CERT_REQUIRED if tls.ca else ssl.CERT_NONE
         host, port = parse_address(address, default_host="::")
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)

@@ -125,3 +125,48 @@ def test_bad_ssh_flags_are_one_line_naming_the_flag(tmp_path, token, flags, word
     done = ferry(tmp_path, "migrate", "m1", "--to", "h2:7400", "--token-file", str(token),
                  "--transport", "ssh", *flags)
     one_line_naming(done, *words)
+
+
+@pytest.fixture(scope="module")
+def loopback_pki(tmp_path_factory):
+    """One certificate for 127.0.0.1 (its own CA), and a stranger's."""
+    folder = tmp_path_factory.mktemp("loopback-pki")
+    for name in ("host", "stranger"):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+                        "-addext", "subjectAltName=IP:127.0.0.1", "-days", "1",
+                        "-keyout", folder / f"{name}.key", "-out", folder / f"{name}.pem"],
+                       check=True, capture_output=True)
+    return folder
+
+
+@pytest.mark.parametrize("client, admitted", [("host", True), ("stranger", False), (None, False)])
+def test_a_receiver_with_a_ca_admits_only_a_source_whose_certificate_chains_to_it(loopback_pki, client, admitted):
+    import threading
+
+    from ferry.migration import transport
+    from ferry.migration.transport import HandshakeFailed, LinkError, TlsFiles
+
+    ca = loopback_pki / "host.pem"
+    listener = transport.Listener(f"127.0.0.1:{free_port()}", TlsFiles(ca, loopback_pki / "host.key", ca))
+    outcome = {}
+
+    def serve():
+        conn, peer = listener.accept()
+        try:
+            channel = listener.channel(conn, peer)
+            channel.send_zero(0, 4096)  # a frame the source waits for: the handshake finished here
+            outcome["admitted"] = True
+        except HandshakeFailed:
+            outcome["admitted"] = False
+
+    server = threading.Thread(target=serve)
+    server.start()
+    files = TlsFiles(loopback_pki / f"{client}.pem", loopback_pki / f"{client}.key", ca) if client else TlsFiles(ca=ca)
+    try:
+        channel = transport.connect(f"127.0.0.1:{listener.port}", "tls", files, link_timeout=5)
+        channel.recv_exact(1)
+    except LinkError:
+        pass
+    server.join(10)
+    listener.close()
+    assert outcome == {"admitted": admitted}

@@ -103,6 +103,12 @@ def test_the_engines_flags_and_no_flag_for_what_is_unset():
                                        "--bandwidth", "1G"]
 
 
+TLS_FILES = {"tls_cert": "/etc/ferry/tls/host.pem", "tls_key": "/etc/ferry/tls/host.key",
+             "tls_ca": "/etc/ferry/tls/ca.pem"}
+TLS_FLAGS = ["--tls-cert=/etc/ferry/tls/host.pem", "--tls-key=/etc/ferry/tls/host.key",
+             "--tls-ca=/etc/ferry/tls/ca.pem"]
+
+
 SSH_MOVE = {"mode": "live", "transport": "ssh", "max_downtime": None, "timeout": None, "bandwidth": None}
 
 
@@ -155,8 +161,8 @@ class RecordingEngine(object):
     def __init__(self):
         self.calls = []
 
-    def receive(self, name, listen, token_file, timeout):
-        self.calls.append(("receive", name, listen, timeout))
+    def receive(self, name, listen, token_file, timeout, extra=()):
+        self.calls.append(("receive", name, listen, timeout) + ((list(extra),) if extra else ()))
         return {"port": 7400}
 
     def migrate(self, name, to, token_file, options):
@@ -167,10 +173,9 @@ class RecordingEngine(object):
 @pytest.mark.parametrize("transport, listen", [("ssh", "127.0.0.1:7400"), ("tcp", "[::]:7400"), ("tls", "[::]:7400")])
 def test_the_receiver_listens_on_the_loopback_only_over_ssh(transport, listen):
     eng = RecordingEngine()
-    params = {"name": "web", "step": "receive", "token": "ab" * 32, "transport": transport, "port": 7400,
-              "timeout": 60}
+    params = dict(TLS_FILES, name="web", step="receive", token="ab" * 32, transport=transport, port=7400, timeout=60)
     MigrationEnd(eng, params).apply()
-    assert eng.calls == [("receive", "web", listen, 120)]
+    assert eng.calls[0][:4] == ("receive", "web", listen, 120)
 
 
 def test_the_source_over_ssh_is_given_the_destinations_address_and_login():
@@ -181,6 +186,34 @@ def test_the_source_over_ssh_is_given_the_destinations_address_and_login():
     assert MigrationEnd(eng, params).apply() == {"changed": True, "report": {"outcome": "committed"}}
     assert eng.calls == [("migrate", "web", "h2-via-bastion:7400",
                           ["--mode", "live", "--transport", "ssh", "--ssh-user=ops", "--ssh-port=2222"])]
+
+
+def test_over_tls_both_ends_get_their_certificate_key_and_the_ca():
+    eng = RecordingEngine()
+    receive = dict(TLS_FILES, name="web", step="receive", token="ab" * 32, transport="tls", port=7400, timeout=60)
+    MigrationEnd(eng, receive).apply()
+    send = dict(SSH_MOVE, transport="tls", name="web", step="send", token="ab" * 32, address="10.0.0.2", port=7400,
+                **TLS_FILES)
+    MigrationEnd(eng, send).apply()
+    assert eng.calls == [("receive", "web", "[::]:7400", 120, TLS_FLAGS),
+                         ("migrate", "web", "10.0.0.2:7400", ["--mode", "live", "--transport", "tls"] + TLS_FLAGS)]
+
+
+def test_tls_files_are_flags_only_with_transport_tls():
+    assert migrate_options(dict(SSH_MOVE, transport="tcp", **TLS_FILES)) == ["--mode", "live", "--transport", "tcp"]
+
+
+@pytest.mark.parametrize("given", [{}, {"tls_cert": "/c.pem", "tls_key": "/k.pem"}])
+def test_transport_tls_without_its_files_is_refused_naming_them(given):
+    from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+    from ansible_collections.ferry.hypervisor.plugins.module_utils.migrate import MOVE_OPTIONS, MOVE_REQUIRED_IF
+
+    validation = ArgumentSpecValidator(MOVE_OPTIONS, required_if=MOVE_REQUIRED_IF).validate(
+        dict(given, name="web", to="h2", transport="tls"))
+    assert len(validation.error_messages) == 1
+    assert "transport is tls but all of the following are missing" in validation.error_messages[0] or \
+        "transport is tls but" in validation.error_messages[0]
+    assert "tls_ca" in validation.error_messages[0]
 
 
 def test_the_token_file_is_private_and_gone_afterwards():
