@@ -178,6 +178,10 @@ def preflight(vm, source, destination, names):
     its time, for check mode and for the refusal of a real run."""
     blockers, warnings = [], []
     source_name, destination_name = names
+    drained = destination.get('drained')
+    if drained:
+        blockers.append('drained: %s is drained%s and takes no arriving VM (ferry undrain there ends that)'
+                        % (destination_name, ' (%s)' % drained['reason'] if drained.get('reason') else ''))
     need = vm['memory'] + MEMORY_MARGIN_MIB
     free = destination['memory_free_mib']
     if vm['state'] in ('running', 'paused') and free < need:

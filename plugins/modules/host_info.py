@@ -79,9 +79,15 @@ host:
       type: str
       sample: /var/lib/ferry
     vms:
-      description: Each VM's C(name), C(state), C(vcpus) and C(memory).
+      description: Each VM's C(name), C(state), C(vcpus), C(memory) and C(tags).
       type: list
       elements: dict
+    drained:
+      description:
+        - The drain mark (C(ferry drain)) with C(since) (UNIX time) and C(reason), or V(null). A
+          drained host takes no arriving VM and no new one until C(ferry undrain).
+      type: dict
+      sample: {"since": 1796400000.0, "reason": "kernel upgrade"}
 '''
 
 from ansible.module_utils.basic import AnsibleModule

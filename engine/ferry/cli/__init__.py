@@ -25,7 +25,7 @@ from ..errors import Conflict, FerryError, NotFound
 # The one command table: each command and the feature module that registers it.
 COMMANDS = {
     **dict.fromkeys(("define", "start", "stop", "poweroff", "pause", "resume", "status", "list", "undefine",
-                     "console", "migrated", "host-info"), "ferry.cli.vms"),
+                     "console", "migrated", "host-info", "drain", "undrain"), "ferry.cli.vms"),
     **dict.fromkeys(("snapshot", "restore"), "ferry.cli.snapshots"),
     **dict.fromkeys(("migrate", "receive"), "ferry.cli.migrate"),
     "checkpoint": "ferry.cli.checkpoint",

@@ -106,10 +106,28 @@ def cmd_host_info(args):
     return _host(args).host_info()
 
 
+def cmd_drain(args):
+    return _host(args).drain(args.reason)
+
+
+def cmd_undrain(args):
+    return _host(args).undrain()
+
+
+def _render_drain(result: dict) -> None:
+    mark = result["drained"]
+    if mark:
+        print("drained: this host takes no arriving or new VM" + (f" ({mark['reason']})" if mark["reason"] else ""))
+    else:
+        print("undrained" if result["was_drained"] else "not drained; nothing to do")
+
+
 def _render_host_info(info: dict) -> None:
     kvm = info["kvm"]
     print(f"{info['hostname']}: KVM {kvm.get('flavour', 'unavailable')}, {info['cpus']} CPUs, "
-          f"{info['memory_free_mib']}/{info['memory_total_mib']} MiB free")
+          f"{info['memory_free_mib']}/{info['memory_total_mib']} MiB free"
+          + (", DRAINED" + (f" ({info['drained']['reason']})" if info["drained"].get("reason") else "")
+             if info.get("drained") else ""))
     _render_list(info["vms"])
 
 
@@ -301,3 +319,7 @@ def register(sub, common) -> None:
                           help="prune only folders left more than DAYS ago (default: all)")
     command("host-info", cmd_host_info, "KVM, CPUs, memory and VMs of this host",
             render=_render_host_info, with_name=False)
+    drain = command("drain", cmd_drain, "mark this host drained: it takes no arriving or new VM",
+                    render=_render_drain, with_name=False)
+    drain.add_argument("--reason", default="", help="why (shown by host-info and in refusals)")
+    command("undrain", cmd_undrain, "clear the drain mark", render=_render_drain, with_name=False)

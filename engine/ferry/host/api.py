@@ -14,7 +14,7 @@ from pathlib import Path
 from .. import inputs
 from ..errors import Conflict, FerryError, NotFound
 from ..control import operations as ops
-from ..store import definition as defn, statedir
+from ..store import definition as defn, drain, statedir
 from .info import meminfo_mib
 
 START_TIMEOUT = 60.0
@@ -127,6 +127,8 @@ class Host:
         new = defn.validate(values)
         vmdir = self.vmdir(new.name)
         self.check_operation("define", vmdir)
+        if not vmdir.exists():
+            drain.refuse_arrivals(self.root, f"define {new.name}")
         if vmdir.exists():
             old = vmdir.load_definition()
             if not replace:
@@ -275,6 +277,12 @@ class Host:
     def host_info(self) -> dict:
         from .info import host_info
         return host_info(self)
+
+    def drain(self, reason: str = "") -> dict:
+        return {"drained": drain.mark(self.root, reason)}
+
+    def undrain(self) -> dict:
+        return {"drained": None, "was_drained": drain.clear(self.root)}
 
 
 def _restored_from(status: dict) -> dict | None:

@@ -62,9 +62,9 @@ def guest_cpu(supported: frozenset, hidden: frozenset) -> dict:
 def host_info(host) -> dict:
     from .. import __version__
     from ..migration.protocol import VERSION  # what a migration between two hosts needs in common
-    from ..store import hostconfig
+    from ..store import drain, hostconfig
     memory = meminfo_mib()
-    vms = [{key: vm[key] for key in ("name", "vcpus", "memory", "state")} for vm in host.list()]
+    vms = [{key: vm[key] for key in ("name", "vcpus", "memory", "state", "tags")} for vm in host.list()]
     running = [vm for vm in vms if vm["state"] in ("running", "paused")]
     kvm, supported = _kvm()
     return {
@@ -79,4 +79,5 @@ def host_info(host) -> dict:
         "vms": vms,
         "committed_vcpus": sum(vm["vcpus"] for vm in running),
         "committed_memory_mib": sum(vm["memory"] for vm in running),
+        "drained": drain.read(host.root),
     }

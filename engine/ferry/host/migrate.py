@@ -19,6 +19,7 @@ from ..control import operations as ops
 from ..control.protocol import Session
 from .api import Host
 from ..vmprocess.outgoing import decode_sections
+from ..store import drain
 from ..store.token import read_token
 
 PROGRESS_EVERY = 0.25
@@ -231,6 +232,7 @@ def receive(host: Host, name: str, listen: str, token_file: Path, timeout: float
             tls: transport.TlsFiles | None = None, detach: bool = False,
             link_timeout: float = transport.LINK_TIMEOUT) -> dict:
     host.vmdir(name)  # the name first: it becomes the staging folder's
+    drain.refuse_arrivals(host.root, f"receive {name}")
     read_token(token_file)
     transport.parse_address(listen)
     args = ["--incoming", listen, "--token-file", str(Path(token_file).resolve()),

@@ -217,7 +217,7 @@ class FakeFerry:
                                                        "tags"))
 
     def _host_info(self, state_dir):
-        vms = [dict((key, vm[key]) for key in ("name", "state", "vcpus", "memory"))
+        vms = [dict((key, vm.get(key, [])) for key in ("name", "state", "vcpus", "memory", "tags"))
                for vm in (self.vms[name] for name in sorted(self.vms))]
         active = [vm for vm in vms if vm["state"] in ACTIVE]
         return {"hostname": "fake", "cpus": 2, "engine": {"version": "0.1.0", "protocol": 2},
@@ -227,7 +227,7 @@ class FakeFerry:
                 "committed_memory_mib": sum(vm["memory"] for vm in active),
                 "committed_vcpus": sum(vm["vcpus"] for vm in active),
                 "kvm": {"available": True, "flavour": "vmx", "hardware_virtualization": True, "max_vcpus": 1024},
-                "state_dir": state_dir, "vms": vms}
+                "state_dir": state_dir, "vms": vms, "drained": None}
 
 
 # --- the contract: what a module sees of an engine call, the same from the fake and the real one ---

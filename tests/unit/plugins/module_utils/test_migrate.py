@@ -35,6 +35,13 @@ def test_too_little_memory_blocks_with_both_numbers():
                                   f"MiB (1024 MiB and a margin of {MEMORY_MARGIN_MIB} MiB)"]
 
 
+def test_a_drained_destination_blocks_with_its_reason():
+    report = check(destination=dict(facts(), drained={"since": 1.0, "reason": "kernel upgrade"}))
+    assert report["blockers"] == ["drained: h2 is drained (kernel upgrade) and takes no arriving VM "
+                                  "(ferry undrain there ends that)"]
+    assert check(destination=dict(facts(), drained=None))["blockers"] == []
+
+
 def test_a_stopped_vm_needs_no_memory_there():
     assert check(vm=dict(VM, state="stopped"), destination=facts(free=10))["blockers"] == []
 
