@@ -169,6 +169,11 @@ class Channel:
         said = self.conn.failure(err) if isinstance(self.conn, SshLink) else ""
         if said:
             return LinkError(said)
+        if isinstance(self.conn, ssl.SSLSocket) and not self.received and not self.conn.server_side:
+            # Under TLS 1.3 a receiver that refuses our certificate says so only after the
+            # handshake, by closing: the first read is where the source learns it.
+            return LinkError(f"TLS: the receiver closed the connection before its first answer ({err or 'EOF'}): "
+                             "it admits only a certificate (--tls-cert) that chains to its --tls-ca")
         return LinkError(f"link: {err}" if err else "link closed by the peer")
 
     def close(self) -> None:

@@ -170,3 +170,30 @@ def test_a_receiver_with_a_ca_admits_only_a_source_whose_certificate_chains_to_i
     server.join(10)
     listener.close()
     assert outcome == {"admitted": admitted}
+
+
+def test_a_source_the_receiver_refuses_is_told_why_in_one_line(loopback_pki):
+    import threading
+
+    from ferry.migration import transport
+    from ferry.migration.transport import HandshakeFailed, LinkError, TlsFiles
+
+    ca = loopback_pki / "host.pem"
+    listener = transport.Listener(f"127.0.0.1:{free_port()}", TlsFiles(ca, loopback_pki / "host.key", ca))
+
+    def serve():
+        conn, peer = listener.accept()
+        with pytest.raises(HandshakeFailed):
+            listener.channel(conn, peer)
+
+    server = threading.Thread(target=serve)
+    server.start()
+    channel = transport.connect(f"127.0.0.1:{listener.port}", "tls",
+                                TlsFiles(loopback_pki / "stranger.pem", loopback_pki / "stranger.key", ca),
+                                link_timeout=5)
+    with pytest.raises(LinkError) as err:
+        channel.recv_exact(1)
+    server.join(10)
+    listener.close()
+    assert str(err.value).startswith("TLS: the receiver closed the connection before its first answer")
+    assert "chains to its --tls-ca" in str(err.value) and "\n" not in str(err.value)
