@@ -35,22 +35,23 @@ ZERO_PAGE = bytes(PAGE)
 
 def serve(host: Host, channel: Channel, policy_file: Path | None) -> list[dict]:
     """Answer one sender until it says DONE; what each committed replica took. A failure is
-    told to the sender (FAIL) and raised: the partial folder stays for the next send."""
-    _, hello = channel.expect(Kind.HELLO)
-    version = choose_version(hello["versions"], wire.MIN_VERSION, wire.VERSION)
-    channel.send(Kind.HELLO, {"version": version, "engine": __version__})
-    channel.authenticated()  # ssh authenticated the sender; messages may now be as large as a manifest
-    _, offer = channel.expect(Kind.OFFER)
-    replicas = statedir.VmDir(host.root, offer["name"], folder=statedir.REPLICAS)
-    lock = _lock(host, replicas, channel)
+    told to the sender (FAIL) and raised: a partial folder stays for the next send."""
     try:
-        channel.send(Kind.ACCEPT, {"replicas": replicas.snapshot_ids()})
-        return _checkpoints(host, replicas, channel, policy_file)
+        _, hello = channel.expect(Kind.HELLO)
+        version = choose_version(hello["versions"], wire.MIN_VERSION, wire.VERSION)
+        channel.send(Kind.HELLO, {"version": version, "engine": __version__})
+        channel.authenticated()  # ssh authenticated the sender; messages may now be as large as a manifest
+        _, offer = channel.expect(Kind.OFFER)
+        replicas = statedir.VmDir(host.root, offer["name"], folder=statedir.REPLICAS)
+        lock = _lock(host, replicas)
+        try:
+            channel.send(Kind.ACCEPT, {"replicas": replicas.snapshot_ids()})
+            return _checkpoints(host, replicas, channel, policy_file)
+        finally:
+            os.close(lock)
     except FerryError as err:
         _tell(channel, err)
         raise
-    finally:
-        os.close(lock)
 
 
 def _checkpoints(host: Host, replicas: statedir.VmDir, channel: Channel, policy_file: Path | None) -> list[dict]:
@@ -73,19 +74,16 @@ def _tell(channel: Channel, err: FerryError) -> None:
         pass
 
 
-def _lock(host: Host, replicas: statedir.VmDir, channel: Channel) -> int:
+def _lock(host: Host, replicas: statedir.VmDir) -> int:
     """The VM's replica lock, held for the whole session: a second send is refused, not interleaved."""
     where = os.uname().nodename
     if host.vmdir(replicas.name).exists():
-        refusal = f"{replicas.name} is defined on {where}: a VM that is here is not received as a replica"
-    else:
-        replicas.make()
-        fd = replicas.hold_lock()
-        if fd is not None:
-            return fd
-        refusal = f"busy: a send of {replicas.name} to {where} is under way"
-    channel.send(Kind.REFUSE, {"reason": refusal})
-    raise Conflict(refusal)
+        raise Conflict(f"{replicas.name} is defined on {where}: a VM that is here is not received as a replica")
+    replicas.make()
+    fd = replicas.hold_lock()
+    if fd is None:
+        raise Conflict(f"busy: a send of {replicas.name} to {where} is under way")
+    return fd
 
 
 class Incoming:

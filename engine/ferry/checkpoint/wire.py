@@ -6,7 +6,7 @@ receive --stdio``, which the sender runs on the target through ssh.
     HELLO {versions [lo, hi], engine} ------------->
                     <------------------------------- HELLO {version, engine}
     OFFER {name} ---------------------------------->   takes the VM's replica lock
-                    <------------------------------- ACCEPT {replicas: ids held} | REFUSE {reason}
+                    <------------------------------- ACCEPT {replicas: ids held} | FAIL {reason}
     for each checkpoint the target lacks, oldest first:
     PLAN {id, base} ------------------------------->   base: the replica to link unchanged chunks from
     SECTION {manifest.json, checksum} + bytes ----->
@@ -75,7 +75,6 @@ TO_TARGET = {
 TO_SENDER = {
     Kind.HELLO: Schema(version=VERSION_NUMBER, engine=ENGINE),
     Kind.ACCEPT: Schema(replicas=List(ID, MAX_REPLICAS)),
-    Kind.REFUSE: Schema(reason=REASON),
     Kind.FAIL: Schema(reason=REASON),
     Kind.PLAN: Schema(need=List(COUNT, MAX_CHUNKS)),
     Kind.DONE: Schema(id=ID, received=COUNT, linked=COUNT, kept=COUNT, pruned=List(ID, MAX_REPLICAS),
