@@ -45,14 +45,16 @@ def covered(host: Host, policy: Policy) -> list[tuple[str, VmPolicy]]:
 
 
 def checkpoints_of(host: Host, name: str) -> tuple[list[plan.Checkpoint], list[dict]]:
-    """The VM's policy-made checkpoints (as the plan sees them) and all its snapshots' summaries."""
+    """The VM's policy-made checkpoints (as the plan sees them) and all its snapshots' summaries.
+    A checkpoint that is the newest some replica holds is held: the base of the next send."""
     summaries = snapshots.list_snapshots(host, name)
     protected = host.vmdir(name).protected_ids()
+    held = set(host.vmdir(name).replica_bases().values())
     found = []
     for snap in summaries:
         if snap.get("error"):
             continue  # a damaged snapshot's origin is unknown: never pruned by a policy
-        checkpoint = plan.from_origin(snap["id"], snap["origin"], snap["id"] in protected)
+        checkpoint = plan.from_origin(snap["id"], snap["origin"], snap["id"] in protected, snap["id"] in held)
         if checkpoint is not None:
             found.append(checkpoint)
     return found, summaries

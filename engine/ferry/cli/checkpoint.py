@@ -1,4 +1,5 @@
-"""``ferry checkpoint run|check``: scheduled checkpoints by a policy file."""
+"""``ferry checkpoint run|check|send|receive|replicas``: scheduled checkpoints by a policy file,
+and their replication to other hosts."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 
 from ..checkpoint import policy as policies
 from ..host.api import Host
+from .options import positive, ssh_of, ssh_options
+from .table import print_table
 
 DEFAULT_POLICY = Path("/etc/ferry/checkpoints.yaml")
 
@@ -66,6 +69,51 @@ def _render_check(report: dict) -> None:
     render(report)
 
 
+def cmd_send(args):
+    from ..checkpoint import send
+    target = send.Target(args.to, ssh_of(args), args.remote_ferry, args.remote_state_dir, args.remote_policy,
+                         args.link_timeout)
+    return send.send(Host(args.state_dir), args.name, args.id, target, args.bandwidth)
+
+
+def _render_send(report: dict) -> None:
+    for sent in report["checkpoints"]:
+        moved = sent["chunks_sent"] * 2
+        print(f"{report['name']} {sent['id']} -> {report['to']}: {sent['chunks_sent']} chunks sent ({moved} MiB), "
+              f"{sent['chunks_linked']} linked, {sent['chunks_kept']} kept from a cut send, "
+              f"{sent['bytes'] / 2**20:.1f} MiB on the wire in {sent['seconds']:.2f} s"
+              + (f"; pruned there: {', '.join(sent['pruned'])}" if sent["pruned"] else ""))
+        for warning in sent["warnings"]:
+            print(f"{report['name']} {sent['id']}: warning: {warning}")
+    if not report["checkpoints"]:
+        print(f"{report['name']}: {report['to']} already holds {report['id']}")
+
+
+def cmd_receive(args):
+    import os
+    import sys
+    from ..checkpoint import receive, wire
+    from ..migration.transport import Channel, StdioLink
+    # The protocol owns stdout: anything else printed goes to stderr, which ssh passes on.
+    link = StdioLink(sys.stdin.fileno(), os.dup(sys.stdout.fileno()))
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    channel = Channel(link, False, wire.TO_TARGET, args.link_timeout)
+    try:
+        receive.serve(Host(args.state_dir), channel, args.policy)
+    finally:
+        channel.close()
+
+
+def cmd_replicas(args):
+    from ..host import snapshots
+    return snapshots.list_replicas(Host(args.state_dir), args.name)
+
+
+def _render_replicas(replicas: list) -> None:
+    from .snapshots import LIST_TITLES, row
+    print_table(("VM",) + LIST_TITLES, [[snap["vm"], *row(snap)] for snap in replicas])
+
+
 def register(sub, common) -> None:
     group = sub.add_parser("checkpoint", help="scheduled checkpoints by a policy: take, prune, check")
     actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -83,3 +131,32 @@ def register(sub, common) -> None:
     check.add_argument("--prometheus", type=Path, metavar="FILE",
                        help="also write the readings for node_exporter's textfile collector")
     check.set_defaults(func=cmd_check, render=_render_check)
+
+    send = actions.add_parser("send", parents=[common],
+                              help="send the checkpoints another host lacks of a VM (its replicas there)")
+    send.add_argument("name")
+    send.add_argument("id", nargs="?", help="send up to this checkpoint (default: the VM's newest snapshot)")
+    send.add_argument("--to", required=True, metavar="HOST", help="the ssh destination ([user@]host, or a Host alias)")
+    send.add_argument("--remote-ferry", metavar="PATH", help="ferry on the target (default: this ferry's own path)")
+    send.add_argument("--remote-state-dir", metavar="DIR", help="the target's state directory (default: its own)")
+    send.add_argument("--remote-policy", metavar="FILE",
+                      help=f"the policy the target prunes its replicas by (default: its {DEFAULT_POLICY})")
+    send.add_argument("--bandwidth", metavar="RATE", help="cap, bytes/s with K/M/G (default: no cap)")
+    send.add_argument("--link-timeout", type=positive("seconds"), default=30.0, metavar="S",
+                      help="a link that moves nothing for S seconds is taken as cut")
+    ssh_options(send)
+    send.set_defaults(func=cmd_send, render=_render_send)
+
+    receive = actions.add_parser("receive", parents=[common],
+                                 help="the target's end of checkpoint send (run by it through ssh)")
+    receive.add_argument("--stdio", action="store_true", required=True,
+                         help="speak the replication protocol on stdin and stdout")
+    receive.add_argument("--policy", type=Path, default=DEFAULT_POLICY,
+                         help=f"prune the replicas by this policy (default {DEFAULT_POLICY}; none there: no prune)")
+    receive.add_argument("--link-timeout", type=positive("seconds"), default=30.0, metavar="S",
+                         help="a sender that moves nothing for S seconds is taken as gone")
+    receive.set_defaults(func=cmd_receive, streams=True)
+
+    replicas = actions.add_parser("replicas", parents=[common], help="list the replicas other hosts sent here")
+    replicas.add_argument("name", nargs="?")
+    replicas.set_defaults(func=cmd_replicas, render=_render_replicas)

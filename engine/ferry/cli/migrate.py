@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from .. import inputs
-from ..migration.transport import SshOptions, TlsFiles
+from ..migration.transport import TlsFiles
 from ..host import migrate
 from ..host.api import Host
-
-
-def positive(unit: str):
-    """An argparse type: a finite number above zero, in ``unit``."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = None
-        if not inputs.is_positive(value):
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number of {unit} above zero")
-        return value
-    return parse
+from .options import positive, ssh_of, ssh_options
 
 
 def _tls(args) -> TlsFiles:
@@ -36,10 +22,9 @@ def cmd_migrate(args):
         progress = migrate.render_progress
     else:
         progress = lambda values: None  # noqa: E731
-    ssh = SshOptions(args.ssh_user, args.ssh_key, args.ssh_known_hosts, args.ssh_port, args.ssh_config,
-                     tuple(args.ssh_option))
     report = migrate.migrate(Host(args.state_dir), args.name, args.to, args.token_file, args.mode,
-                             args.max_downtime, args.timeout, args.bandwidth, args.transport, _tls(args), ssh,
+                             args.max_downtime, args.timeout, args.bandwidth, args.transport, _tls(args),
+                             ssh_of(args),
                              progress, args.link_timeout, args.resolve)
     if args.resolve:
         return report
@@ -85,19 +70,6 @@ def _tls_options(parser) -> None:
     parser.add_argument("--tls-ca", type=Path, help="CA certificate the peer's certificate must chain to")
 
 
-def _ssh_options(parser) -> None:
-    """For --transport ssh; what is not given here is left to ssh and its config."""
-    parser.add_argument("--ssh-user", help="for --transport ssh: the user (ssh -l)")
-    parser.add_argument("--ssh-key", type=Path, help="for --transport ssh: the private key (ssh -i)")
-    parser.add_argument("--ssh-known-hosts", type=Path,
-                        help="for --transport ssh: known_hosts to check the destination's key against")
-    parser.add_argument("--ssh-port", type=int, help="for --transport ssh: the port of the destination's sshd (ssh -p)")
-    parser.add_argument("--ssh-config", type=Path, metavar="FILE",
-                        help="for --transport ssh: this ssh config file instead of ~/.ssh/config (ssh -F)")
-    parser.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="for --transport ssh: an ssh_config option (ssh -o), repeatable")
-
-
 def register(sub, common) -> None:
 
     parser = sub.add_parser("migrate", parents=[common], help="move a VM to another host")
@@ -119,7 +91,7 @@ def register(sub, common) -> None:
     parser.add_argument("--resolve", action="store_true",
                         help="settle a migration left in doubt by asking the destination what happened")
     _link_options(parser)
-    _ssh_options(parser)
+    ssh_options(parser, "for --transport ssh: ")
     parser.set_defaults(func=cmd_migrate, render=_render_report)
 
     parser = sub.add_parser("receive", parents=[common], help="wait for a VM migrating to this host")

@@ -26,10 +26,10 @@ LIST_TITLES = ("ID", "CREATED", "MEMORY", "DISK", "PAUSE", "TAGS", "ORIGIN", "ST
 
 def _render_list(snaps: list) -> None:
     """A table; STATUS "ok" is the structure and sizes checked (the digests are ``snapshot verify``'s)."""
-    print_table(LIST_TITLES, [_row(snap) for snap in snaps])
+    print_table(LIST_TITLES, [row(snap) for snap in snaps])
 
 
-def _row(snap: dict) -> list[str]:
+def row(snap: dict) -> list[str]:
     if snap.get("error"):
         return [snap["id"], "-", "-", "-", "-", "-", "-", f"DAMAGED - {snap['error']}"]
     pause = snap.get("pause_ms")

@@ -75,7 +75,21 @@ def create(host: Host, name: str, snapshot_id: str | None = None, tags=(), exit:
 def list_snapshots(host: Host, name: str) -> list[dict]:
     """Every snapshot, structure and sizes checked (not the memory digests: that is
     ``verify``); a damaged one is listed with the reason."""
-    vmdir = host.existing(name)
+    return _summaries(host.existing(name))
+
+
+def list_replicas(host: Host, name: str | None = None) -> list[dict]:
+    """The replicas other hosts sent here (``ferry checkpoint send``), of one VM or of all,
+    listed as snapshots are."""
+    names = statedir.replica_names(host.root) if name is None else [inputs.vm_name(name)]
+    return [{**snap, "vm": vm} for vm in names for snap in _summaries(_replicas_of(host, vm))]
+
+
+def _replicas_of(host: Host, name: str) -> statedir.VmDir:
+    return statedir.VmDir(host.root, name, folder=statedir.REPLICAS)
+
+
+def _summaries(vmdir: statedir.VmDir) -> list[dict]:
     found, protected = [], vmdir.protected_ids()
     for snapshot_id in vmdir.snapshot_ids():
         folder = vmdir.snapshot_dir(snapshot_id)
@@ -117,6 +131,10 @@ def restore_snapshot(host: Host, name: str, snapshot_id: str, as_name: str | Non
     """Run the VM (or a clone ``as_name``) from a snapshot; ``progress`` hears its digest check
     and an eager copy-in."""
     timeout = inputs.seconds(timeout)
+    replicas, local = _replicas_of(host, name), host.vmdir(name)
+    is_local = local.exists() and local.snapshot_dir(_check_id(snapshot_id)).is_dir()
+    if as_name is None and not is_local and replicas.snapshot_dir(snapshot_id).is_dir():
+        return _restore_replica(host, replicas, snapshot_id, verify_memory, Start(eager, timeout, overcommit, progress))
     vmdir, folder = _folder(host, name, snapshot_id)
     if as_name is not None:
         inputs.vm_name(as_name, "as")
@@ -182,3 +200,39 @@ def _restore_as(host: Host, snapshot: reader.Snapshot, as_name: str, start: Star
         if not target.process_alive():
             statedir.remove_tree(host.root, target.path)
         raise
+
+
+def _restore_replica(host: Host, replicas: statedir.VmDir, snapshot_id: str, verify_memory: bool,
+                     start: Start) -> dict:
+    """The dead host's case: define the VM from a replica's manifest and run it from the
+    replica. Its replicas become its snapshots (one rename, hard links kept), so it goes on
+    from here as a VM of this host. Refused where a VM of that name is defined: that VM is
+    another, and its replica is not restored over it. If the VM does not start, the
+    replicas are moved back and the definition removed."""
+    name = replicas.name
+    if host.vmdir(name).exists():
+        raise Conflict(f"{name}: a VM of that name is defined on this host, so its replica {snapshot_id} is not "
+                       f"restored here (restore it where {name} is not defined, or undefine {name} first)")
+    lock = replicas.hold_lock()
+    if lock is None:
+        raise Conflict(f"busy: a checkpoint send of {name} to this host is under way")
+    try:
+        snapshot = load(replicas.snapshot_dir(snapshot_id), verify_memory, start.progress)
+        if snapshot.definition.name != name:
+            raise Conflict(f"{name}: replica {snapshot_id} is of a VM named {snapshot.definition.name!r}")
+        host.define(snapshot.manifest["definition"])
+        target = host.vmdir(name)
+        for partial in replicas.snapshots.glob(".*.partial"):
+            statedir.remove_tree(host.root, partial)  # a cut send: not a snapshot of the VM
+        os.rename(replicas.snapshots, target.snapshots)
+        try:
+            result = _spawn(host, target, load(target.snapshot_dir(snapshot_id), verify_memory=False), start)
+        except BaseException:
+            if not target.process_alive():
+                os.rename(target.snapshots, replicas.snapshots)
+                statedir.remove_tree(host.root, target.path)
+            raise
+        statedir.remove_tree(host.root, replicas.path)
+        return result
+    finally:
+        os.close(lock)

@@ -116,13 +116,14 @@ def encode(message: dict) -> bytes:
     return json.dumps(message, sort_keys=True).encode()
 
 
-def choose_version(offered: list[int]) -> int:
-    """The highest version both ends speak (``offered`` is a checked [low, high]), or a clear refusal."""
+def choose_version(offered: list[int], lowest: int = MIN_VERSION, highest: int = VERSION) -> int:
+    """The highest version both ends speak (``offered`` is a checked [low, high]; this end
+    speaks ``lowest`` to ``highest``), or a clear refusal."""
     low, high = offered
-    best = min(high, VERSION)
-    if best < max(low, MIN_VERSION):
+    best = min(high, highest)
+    if best < max(low, lowest):
         raise ProtocolError(f"no common protocol version: peer speaks {low}-{high}, "
-                            f"this engine {MIN_VERSION}-{VERSION}")
+                            f"this engine {lowest}-{highest}")
     return best
 
 

@@ -291,10 +291,7 @@ class Sender:
         return length
 
     def _pace(self, channel: Channel) -> None:
-        if self.options.bandwidth:
-            ahead = channel.sent / self.options.bandwidth - (time.monotonic() - self.started)
-            if ahead > 0:
-                time.sleep(ahead)
+        channel.pace(self.options.bandwidth, self.started)
         self.progress["bytes_sent"] = channel.sent
 
     # --- handover ---

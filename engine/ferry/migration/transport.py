@@ -1,5 +1,7 @@
 """Connections for migration: TCP (IPv4/IPv6), TLS, or stdio forwarding through the system's
 OpenSSH client (``ssh -W``), which honours the operator's ssh config, agent and jump hosts.
+The same ssh client also runs a command on the far host and talks to its stdin and stdout
+(``ssh HOST ferry checkpoint receive --stdio``), whose end there is a ``StdioLink``.
 
 ``Channel`` frames messages over any of them and moves memory with
 sendfile where the connection is a plain socket.
@@ -11,10 +13,12 @@ import math
 import os
 import re
 import select
+import shlex
 import socket
 import ssl
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +99,22 @@ class Channel:
             self._sendfile(memory.fd, offset, length)
         else:
             self._sendall(memory.read(offset, length))
+
+    def send_file(self, a: int, fd: int, length: int) -> None:
+        """A MEM frame whose ``a`` the protocol gives its meaning (a chunk's index, say), then
+        the first ``length`` bytes of the file ``fd``."""
+        self._sendall(protocol.pack(Kind.MEM, a=a, b=length))
+        if self.plain:
+            self._sendfile(fd, 0, length)
+        else:
+            self._sendall(os.pread(fd, length, 0))
+
+    def pace(self, bytes_per_s: float | None, since: float) -> None:
+        """Wait while more has been sent since ``since`` (a monotonic time) than the cap allows."""
+        if bytes_per_s:
+            ahead = self.sent / bytes_per_s - (time.monotonic() - since)
+            if ahead > 0:
+                time.sleep(ahead)
 
     def _sendfile(self, fd: int, offset: int, length: int) -> None:
         end = offset + length
@@ -240,10 +260,23 @@ def _has_control(text: str) -> bool:
 
 
 def ssh_argv(host: str, port: int, options: SshOptions, timeout: float) -> list[str]:
-    """``ssh -W`` to the receiver on the destination's loopback. ssh keeps the first value it
-    sees for a keyword: first what must hold (never prompt), then the operator's flags and
-    options, then our connect timeout, and last the ssh config files."""
+    """``ssh -W`` to the receiver on the destination's loopback."""
     argv = ["ssh", "-W", f"127.0.0.1:{port}", "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes"]
+    return _operator_options(argv, options, timeout) + ["--", host]  # a host such as "-oProxyCommand=..." stays a host
+
+
+def ssh_command_argv(host: str, command: list[str], options: SshOptions, timeout: float) -> list[str]:
+    """``ssh HOST COMMAND``: the far host's shell gets ``command`` as one line, each word
+    quoted, so nothing in a word is read by that shell."""
+    argv = _operator_options(["ssh", "-o", "BatchMode=yes"], options, timeout)
+    return argv + ["--", host, " ".join(shlex.quote(word) for word in command)]
+
+
+def _operator_options(argv: list[str], options: SshOptions, timeout: float) -> list[str]:
+    """ssh keeps the first value it sees for a keyword: first what must hold (``argv``: never
+    prompt), then the operator's flags and options, then our connect timeout, and last the
+    ssh config files."""
+    argv = list(argv)
     if options.config is not None:
         argv += ["-F", str(options.config)]
     if options.user is not None:
@@ -256,13 +289,13 @@ def ssh_argv(host: str, port: int, options: SshOptions, timeout: float) -> list[
         argv += ["-o", f'UserKnownHostsFile="{options.known_hosts}"']  # quoted: ssh splits it at spaces
     for option in options.options:
         argv += ["-o", option]
-    argv += ["-o", f"ConnectTimeout={max(1, math.ceil(timeout))}"]
-    return argv + ["--", host]  # a host such as "-oProxyCommand=..." stays a host
+    return argv + ["-o", f"ConnectTimeout={max(1, math.ceil(timeout))}"]
 
 
 class SshLink:
-    """Our end of a socketpair whose other end is the stdin and stdout of ``ssh -W``: a plain
-    socket to ``Channel`` (sendfile works on AF_UNIX), with the ssh process tied to it."""
+    """Our end of a socketpair whose other end is the stdin and stdout of ``ssh`` (``-W``, or
+    a command on the far host): a plain socket to ``Channel`` (sendfile works on AF_UNIX),
+    with the ssh process tied to it."""
 
     def __init__(self, host: str, argv: list[str]):
         self.host = host
@@ -316,6 +349,40 @@ class SshLink:
             self.process.kill()
             self.process.wait()
         self.stderr.close()
+
+
+class StdioLink:
+    """The far end of ``ssh HOST COMMAND``: the command's stdin and stdout, pipes or sockets
+    as sshd made them, each read and write waiting at most the link timeout."""
+
+    def __init__(self, read_fd: int, write_fd: int):
+        self.read_fd, self.write_fd = read_fd, write_fd
+        self.timeout: float | None = None
+
+    def fileno(self) -> int:
+        return self.write_fd
+
+    def settimeout(self, timeout: float) -> None:
+        self.timeout = timeout
+
+    def _wait(self, fd: int, writing: bool) -> None:
+        ready = select.select([] if writing else [fd], [fd] if writing else [], [], self.timeout)
+        if not any(ready):
+            raise TimeoutError(f"no progress for {self.timeout:.0f} s")
+
+    def recv_into(self, view, length: int) -> int:
+        self._wait(self.read_fd, writing=False)
+        return os.readv(self.read_fd, [view[:length]])
+
+    def sendall(self, data) -> None:
+        view = memoryview(data)
+        while view:
+            self._wait(self.write_fd, writing=True)
+            view = view[os.write(self.write_fd, view):]
+
+    def close(self) -> None:
+        for fd in {self.read_fd, self.write_fd}:
+            os.close(fd)
 
 
 def tls_context(purpose: ssl.Purpose, tls: TlsFiles) -> ssl.SSLContext:

@@ -112,16 +112,7 @@ class ChunkStore:
         are checked here, on the link itself (an inode's type cannot change)."""
         if self.parent_fd is None or self.parent_digests[index] != value:
             return False
-        name = str(index)
-        try:
-            os.link(name, name, src_dir_fd=self.parent_fd, dst_dir_fd=self.fd, follow_symlinks=False)
-        except OSError:
-            return False  # deleted since, or too many links (EMLINK): written instead
-        found = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
-        if stat.S_ISREG(found.st_mode) and found.st_size == chunks.CHUNK_SIZE:
-            return True
-        os.unlink(name, dir_fd=self.fd)
-        return False
+        return link_chunk(self.parent_fd, self.fd, index)
 
     def _write(self, index: int, start: int, data) -> int:
         fd = os.open(str(index), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=self.fd)
@@ -155,6 +146,21 @@ class ChunkStore:
             finally:
                 os.close(fd)
         os.fsync(self.fd)
+
+
+def link_chunk(from_fd: int, to_fd: int, index: int) -> bool:
+    """Hard-link chunk file ``index`` of one chunks folder into another; False (nothing
+    linked) when it is gone, has too many links, or is not a regular file of one chunk."""
+    name = str(index)
+    try:
+        os.link(name, name, src_dir_fd=from_fd, dst_dir_fd=to_fd, follow_symlinks=False)
+    except OSError:
+        return False  # deleted since, or too many links (EMLINK): written instead
+    found = os.stat(name, dir_fd=to_fd, follow_symlinks=False)
+    if stat.S_ISREG(found.st_mode) and found.st_size == chunks.CHUNK_SIZE:
+        return True
+    os.unlink(name, dir_fd=to_fd)
+    return False
 
 
 def _copy(store: ChunkStore, ranges, report: SaveReport, step: str = "memory") -> int:

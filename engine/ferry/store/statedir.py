@@ -132,6 +132,21 @@ class VmDir:
         else:
             marker.unlink(missing_ok=True)
 
+    @property
+    def replicas_file(self) -> Path:
+        return self.path / "replicas.json"
+
+    def replica_bases(self) -> dict[str, str]:
+        """Destination -> the newest checkpoint it holds of this VM: what the next send to it
+        builds on, so a prune must keep it."""
+        record = read_record(self.replicas_file)
+        return {str(key): value for key, value in record.items()
+                if isinstance(value, str) and inputs.SNAPSHOT_ID.fullmatch(value)}
+
+    def record_replica(self, destination: str, snapshot_id: str) -> None:
+        bases = {**self.replica_bases(), destination: inputs.snapshot_id(snapshot_id)}
+        write_atomic(self.replicas_file, json.dumps(bases, sort_keys=True))
+
     def snapshot_dirs(self) -> list[Path]:
         return [self.snapshot_dir(snapshot_id) for snapshot_id in self.snapshot_ids()]
 
@@ -247,6 +262,18 @@ def vm_names(root: Path) -> list[str]:
         return []
     return sorted(p.name for p in folder.iterdir()
                   if inputs.VM_NAME.fullmatch(p.name) and not p.is_symlink() and (p / "vm.yaml").is_file())
+
+
+REPLICAS = "replicas"  # replicas/NAME/snapshots/ID: checkpoints other hosts sent of their VMs
+
+
+def replica_names(root: Path) -> list[str]:
+    """The VMs this host holds replicas of (they are not defined here)."""
+    folder = root / REPLICAS
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir()
+                  if inputs.VM_NAME.fullmatch(p.name) and not p.is_symlink() and p.is_dir())
 
 
 def migrated_folders(root: Path) -> list[Path]:

@@ -68,3 +68,11 @@ def test_migration_benchmark_smoke():
     doc = run_smoke("migration.py")
     check_rows(doc, ("QEMU", "iperf3"))
     assert {row["metric"].split("]")[0] + "]" for row in doc["rows"]} == {"[idle]", "[dirty100]", "[flatout]"}
+
+
+@pytest.mark.kvm
+@pytest.mark.lab
+def test_replication_benchmark_smoke():
+    check_lab()
+    doc = run_smoke("replication.py")
+    check_rows(doc, ("iperf3", "the checkpoint's chunks with data", "chunks changed since the full one"))

@@ -75,7 +75,7 @@ class Host:
         for pid in self.vm_processes():
             subprocess.run(["kill", "-9", str(pid)], check=False)
         self.sh("rm -rf /var/lib/ferry/vms /var/lib/ferry/migrated /var/lib/ferry/incoming "
-                "/var/lib/ferry/receive-*.log")
+                "/var/lib/ferry/replicas /var/lib/ferry/receive-*.log")
 
 
 def start_vm(host: Host, tmp_path, name="m1", vcpus=1, memory=64, cmdline="fill=50 rate=max hb=100",
