@@ -68,3 +68,11 @@ def test_migration_benchmark_smoke():
     doc = run_smoke("migration.py")
     check_rows(doc, ("QEMU", "iperf3"))
     assert {row["metric"].split("]")[0] + "]" for row in doc["rows"]} == {"[idle]", "[dirty100]", "[flatout]"}
+
+
+def test_placement_benchmark_smoke():
+    # Pure Python on the controller side: no KVM, under a second or two.
+    doc = run_smoke("placement.py")
+    check_rows(doc, ("sorted()",))
+    assert real(doc["seconds"]) and doc["seconds"] > 0
+    assert doc["fleet"]["moves"] > 0 and doc["fleet"]["unplaced"] == 0
