@@ -29,28 +29,28 @@ def _is_int(value, least):
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
-def _check_options(where, options):
+def _check_options(where, options, label='options'):
     """The options with the defaults filled in; each value of the kind its default is."""
     if options is None:
         options = {}
     if not isinstance(options, dict):
-        _fail(where, 'options must be a dict, got %s' % type(options).__name__)
+        _fail(where, '%s must be a dict, got %s' % (label, type(options).__name__))
     unknown = sorted(set(options) - set(evacuation.DEFAULTS))
     if unknown:
-        _fail(where, 'options: unknown option %s; known: %s' % (unknown[0], ', '.join(sorted(evacuation.DEFAULTS))))
+        _fail(where, '%s: unknown option %s; known: %s' % (label, unknown[0], ', '.join(sorted(evacuation.DEFAULTS))))
     merged = dict(evacuation.DEFAULTS, **options)
     for name in BUDGETS:
         if not _is_int(merged[name], 1):
-            _fail(where, 'options: %s must be an integer of 1 or more, got %r' % (name, merged[name]))
+            _fail(where, '%s: %s must be an integer of 1 or more, got %r' % (label, name, merged[name]))
     if not _is_int(merged['memory_headroom_mib'], 0):
-        _fail(where, 'options: memory_headroom_mib must be an integer of 0 or more, got %r'
-              % merged['memory_headroom_mib'])
+        _fail(where, '%s: memory_headroom_mib must be an integer of 0 or more, got %r'
+              % (label, merged['memory_headroom_mib']))
     ratio = merged['vcpu_ratio']
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0:
-        _fail(where, 'options: vcpu_ratio must be a number above 0, got %r' % (ratio,))
+        _fail(where, '%s: vcpu_ratio must be a number above 0, got %r' % (label, ratio))
     for name in TAGS:
         if not isinstance(merged[name], str) or not merged[name]:
-            _fail(where, 'options: %s must be a non-empty string, got %r' % (name, merged[name]))
+            _fail(where, '%s: %s must be a non-empty string, got %r' % (label, name, merged[name]))
     return merged
 
 
@@ -113,7 +113,7 @@ def _check_plan(where, plan):
     for move in plan['moves']:
         if not isinstance(move, dict) or not all(key in move for key in MOVE_KEYS):
             _fail(where, 'the plan\'s moves must each have %s, got %r' % (', '.join(MOVE_KEYS), move))
-    return _check_options(where + ': the plan\'s options', plan.get('options'))
+    return _check_options(where, plan.get('options'), 'the plan\'s options')
 
 
 def _checked(where, plan, facts):
