@@ -378,6 +378,6 @@ def table(plan):
     lines += ['unplaced: %s on %s: %s' % (entry['vm'], entry['host'], entry['reason']) for entry in plan['unplaced']]
     lines += ['silent: %s' % host for host in plan['silent']]
     verdict = 'ok' if plan['ok'] else 'not ok: %d blocker(s)' % len(plan['blockers'])
-    lines.append('%d move(s) in %d wave(s) from %s; %s' % (len(plan['moves']), plan['waves'],
-                                                          ', '.join(plan['drain']) or 'no host', verdict))
+    sources = ', '.join(plan['drain']) or 'no host'
+    lines.append('%d move(s) in %d wave(s) from %s; %s' % (len(plan['moves']), plan['waves'], sources, verdict))
     return lines

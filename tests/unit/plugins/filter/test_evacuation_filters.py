@@ -20,9 +20,8 @@ def host(**changes):
 
 
 def facts():
-    return {"h1": {"host": host(), "vms": [{"name": "web", "state": "running", "memory": 1024, "vcpus": 1,
-                                             "tags": ["group:front"]}]},
-            "h2": {"host": host(), "vms": []}, "h3": None}
+    web = {"name": "web", "state": "running", "memory": 1024, "vcpus": 1, "tags": ["group:front"]}
+    return {"h1": {"host": host(), "vms": [web]}, "h2": {"host": host(), "vms": []}, "h3": None}
 
 
 def test_a_plan_is_json_and_the_other_filters_take_it_back():
