@@ -311,9 +311,8 @@ def _room_now(target, moves):
     return lines
 
 
-def _current_vms(read):
+def _current_vms(read, where):
     """VM name -> its vm_info entry, for the names on exactly one answering host."""
-    where = hosts_by_vm(read)
     return dict((vm['name'], vm) for host, fact in read.items() for vm in fact['vms'] if len(where[vm['name']]) == 1)
 
 
@@ -322,7 +321,7 @@ def remaining(plan, facts):
     VM's state now (a VM stopped since the plan moves cold). Check ``drift`` first."""
     read, silent = answering(facts)
     where = hosts_by_vm(read)
-    vms = _current_vms(read)
+    vms = _current_vms(read, where)
     return [dict(move, mode=migration_mode(vms[move['vm']]['state'])) for move in plan['moves']
             if _progress(move, where.get(move['vm'], []), silent) == 'todo']
 
@@ -333,7 +332,7 @@ def return_plan(plan, facts, origins=None):
     brought back is listed in ``left`` with the reason."""
     read, silent = answering(facts)
     where = hosts_by_vm(read)
-    vms = _current_vms(read)
+    vms = _current_vms(read, where)
     moves, left = [], []
     for move in plan['moves']:
         if origins is not None and move['from'] not in origins:
