@@ -50,13 +50,16 @@ class SampleError(BenchError):
 
 # --- command line, signals, results ---
 
-def parse_args(description: str, argv=None) -> argparse.Namespace:
+def parse_args(description: str, argv=None, add_arguments=None) -> argparse.Namespace:
+    """The options every benchmark takes; ``add_arguments(parser)`` adds a benchmark's own."""
     parser = argparse.ArgumentParser(description=description)
     sizes = parser.add_mutually_exclusive_group()
     sizes.add_argument("--quick", action="store_true", help="smaller sizes, fewer repetitions")
     sizes.add_argument("--smoke", action="store_true",
                        help="tiny guests, one repetition, every row and anchor: seconds, for the test suite")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
+    if add_arguments:
+        add_arguments(parser)
     args = parser.parse_args(argv)
     args.mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     return args

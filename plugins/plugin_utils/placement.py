@@ -18,6 +18,11 @@ __metaclass__ = type
 ENGINE_MISSING = 'engine-missing'  # the error_kind of a module on a host without the engine
 
 
+def migration_mode(state):
+    """How a VM in ``state`` moves: a stopped VM's definition moves cold, anything else live."""
+    return 'cold' if state == 'stopped' else 'live'
+
+
 def wanted(vm):
     return vm.get('state', 'running') != 'absent'
 
@@ -80,7 +85,7 @@ def _place(result, here, name, hosts, defined, where):
                                    % (name, ' and '.join(defined)))
     elif others and here == others[0]:
         state = where[here][name]
-        result['moves'].append({'name': name, 'to': target, 'mode': 'cold' if state == 'stopped' else 'live'})
+        result['moves'].append({'name': name, 'to': target, 'mode': migration_mode(state)})
     elif others:
         result['arrivals'].append({'name': name, 'from': others[0]})
     elif not defined and result['silent']:

@@ -76,3 +76,11 @@ def test_replication_benchmark_smoke():
     check_lab()
     doc = run_smoke("replication.py")
     check_rows(doc, ("iperf3", "the checkpoint's chunks with data", "chunks changed since the full one"))
+
+
+def test_placement_benchmark_smoke():
+    # Pure Python on the controller side: no KVM, under a second or two.
+    doc = run_smoke("placement.py")
+    check_rows(doc, ("sorted()",))
+    assert real(doc["seconds"]) and doc["seconds"] > 0
+    assert doc["fleet"]["moves"] > 0 and doc["fleet"]["unplaced"] == 0
