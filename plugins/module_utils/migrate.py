@@ -102,7 +102,6 @@ def tls_flags(params):
     return ['--%s=%s' % (key.replace('_', '-'), params[key]) for key in TLS_OPTIONS]
 
 
-
 def ssh_flags(params):
     """``--ssh-*`` for what the task or the inventory set; the rest is left to ssh's config on
     the source. FLAG=VALUE, so that a value beginning with ``-`` is not taken for a flag."""

@@ -54,7 +54,7 @@ options:
   transport:
     description:
       - V(tcp) sends over TCP, authenticated by a one-time token the controller makes for this move.
-      - V(tls) encrypts the move with mutual TLS: each host proves itself with its certificate
+      - V(tls) encrypts the move with mutual TLS; each host proves itself with its certificate
         (O(tls_cert), O(tls_key)) and admits only a peer whose certificate chains to O(tls_ca),
         on top of the token. The source checks the name of O(to)'s certificate against O(address)
         (the V(ansible_host) of O(to)), so an address needs an IP subject alternative name.

@@ -96,6 +96,30 @@ def test_check_mode_on_a_host_without_the_engine_predicts_and_writes_nothing(ans
     ansible.tasks([{"ferry.hypervisor.vm": {"name": NAME, "state": "absent"}}], host=HOST)
 
 
+def test_replication_to_another_host_and_the_vm_back_from_its_replica(ansible, clean):
+    """The role's run sends the checkpoint to h1 over the source's own ssh (the lab's ssh config);
+    when h2's VM is gone, h1 restores it from the replica and the guest goes on from there."""
+    run = play(ansible, RARE, "-e", "checkpoint_replicate_to=h1",
+               "-e", "checkpoint_replicate_ssh_config={{ ferry_lab_dir }}/ssh_config").expect_ok()
+    assert "replicated to " in run.output, run.output
+    assert "--replicate-to" in ansible.read(HOST, CRON_FILE)
+    (taken,) = checkpoints(ansible)
+    replicas = json.loads(ansible.ferry("h1", "--json", "checkpoint", "replicas", NAME).stdout)
+    assert [r["id"] for r in replicas] == [taken]
+    assert ansible.status("h1", NAME) is None, "a replica must not define the VM on its host"
+    beats_before = ansible.beats(HOST, NAME)
+    ansible.ferry(HOST, "poweroff", NAME)
+    restored = ansible.ferry("h1", "--json", "restore", NAME, taken)
+    assert restored.returncode == 0, restored.stderr
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(ansible.beats("h1", NAME)) < 3:
+        time.sleep(1)
+    after = ansible.beats("h1", NAME)
+    assert after and after[0] <= beats_before[-1], (after[:3], beats_before[-1])
+    assert after == list(range(after[0], after[0] + len(after))), "the heartbeat sequence has a gap"
+    ansible.tasks([{"ferry.hypervisor.vm": {"name": NAME, "state": "absent"}}], host="h1")
+
+
 def test_absent_removes_the_schedule_and_keeps_the_checkpoints(ansible, clean):
     play(ansible, RARE).expect_ok()
     kept = checkpoints(ansible)

@@ -13,10 +13,11 @@ from test_engine_role_variables import ROOT, playbook
 
 SPECS = os.path.join(ROOT, "roles", "checkpoint", "meta", "argument_specs.yml")
 DEFAULTS = os.path.join(ROOT, "roles", "checkpoint", "defaults", "main.yml")
-NAMES = ["state", "policy", "policy_file", "engine_venv", "state_dir", "interval", "scheduler", "prometheus_file"]
+NAMES = ["state", "policy", "policy_file", "engine_venv", "state_dir", "interval", "scheduler", "prometheus_file",
+         "replicate_to", "replicate_ssh_config", "replicate_ssh_options"]
 
 
-def resolved(tmp_path, role_vars):
+def resolved(tmp_path, role_vars, *args):
     """(the role's values after a check-mode run on a host without the engine, the run)."""
     out = tmp_path / "values.json"
     values = {name: "{{ checkpoint_%s }}" % name for name in NAMES}
@@ -27,7 +28,7 @@ def resolved(tmp_path, role_vars):
         {"name": "The role", "ansible.builtin.include_role": {"name": "ferry.hypervisor.checkpoint", "public": True}},
         {"name": "Write the role's values", "vars": {"_values": values}, "check_mode": False,
          "ansible.builtin.copy": {"content": "{{ _values | to_json }}", "dest": str(out), "mode": "0600"}}],
-        "--check")
+        "--check", *args)
     return (json.loads(out.read_text()) if out.exists() else None), run
 
 
@@ -62,6 +63,25 @@ def test_the_schedule_runs_the_engine_and_writes_metrics_when_asked(tmp_path):
     assert ">> /var/lib/ferry/checkpoint.log 2>&1;" in values["command"]
     assert "checkpoint check" in values["command"] and "--prometheus /var/lib/node_exporter/ferry.prom" in \
         values["command"]
+
+
+def test_replication_logs_in_as_the_targets_inventory_says(tmp_path):
+    inventory = tmp_path / "fleet.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"h2": {"ansible_host": "10.0.0.2", "ansible_user": "ops",
+                                                                   "ansible_port": 2222}}}}))
+    values, run = resolved(tmp_path, {"checkpoint_replicate_to": "h2",
+                                      "checkpoint_replicate_ssh_options": ["ProxyJump=bastion"]},
+                           "-i", str(inventory))
+    assert run.returncode == 0, run.stdout
+    assert (" --replicate-to 10.0.0.2 --ssh-user ops --ssh-port 2222 --ssh-option=ProxyJump=bastion >> "
+            in values["command"]), values["command"]
+
+
+@pytest.mark.parametrize(("target", "words"), [("localhost", "is this host itself"),
+                                               ("h9", "is not a host of the inventory")])
+def test_a_replication_target_that_cannot_be_is_refused(tmp_path, target, words):
+    values, run = resolved(tmp_path, {"checkpoint_replicate_to": target})
+    assert run.returncode != 0 and f"checkpoint_replicate_to: {target} {words}" in run.stdout, run.stdout
 
 
 @pytest.mark.parametrize(("role_vars", "words"), [

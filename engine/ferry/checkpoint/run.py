@@ -60,16 +60,38 @@ def checkpoints_of(host: Host, name: str) -> tuple[list[plan.Checkpoint], list[d
     return found, summaries
 
 
-def run(host: Host, policy: Policy, now: datetime, dry_run: bool = False) -> dict:
-    """A dry run changes nothing, so it needs no lock and runs beside a scheduled one."""
+def run(host: Host, policy: Policy, now: datetime, dry_run: bool = False, replicate_to=None) -> dict:
+    """A dry run changes nothing, so it needs no lock and runs beside a scheduled one.
+    ``replicate_to`` (a ``send.Target``): after its takes and prunes, each VM's checkpoints
+    the target lacks are sent there (syncoid after sanoid, in one scheduled run)."""
     fd = None if dry_run else lock_runs(host)
     try:
         vms = [_run_vm(host, name, vm_policy, now, dry_run) for name, vm_policy in covered(host, policy)]
+        if replicate_to is not None:
+            for vm in vms:
+                _replicate(host, vm, replicate_to, dry_run)
     finally:
         if fd is not None:
             os.close(fd)
     return {"now": now.strftime(plan.STAMP), "dry_run": dry_run, "policy": policy.source, "vms": vms,
-            "ok": not any(vm["error"] for vm in vms)}
+            "ok": not any(vm["error"] or vm.get("replication_error") for vm in vms)}
+
+
+def _replicate(host: Host, vm: dict, target, dry_run: bool) -> None:
+    """Send what the target lacks of one VM; a failure is this VM's, the others still go."""
+    from . import send
+    if not checkpoints_of(host, vm["name"])[0]:
+        return  # nothing the policy made yet
+    if dry_run:
+        vm["replicated"] = {"to": target.host, "dry_run": True}
+        return
+    try:
+        report = send.send(host, vm["name"], None, target)
+    except FerryError as err:
+        vm["replication_error"] = f"replicate to {target.host}: {err}"
+        return
+    vm["replicated"] = {key: report[key] for key in ("to", "id", "bytes_on_wire", "seconds")}
+    vm["replicated"]["checkpoints"] = len(report["checkpoints"])
 
 
 def _run_vm(host: Host, name: str, vm_policy: VmPolicy, now: datetime, dry_run: bool) -> dict:

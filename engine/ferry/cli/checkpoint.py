@@ -30,9 +30,18 @@ def _now(args) -> datetime:
 
 def cmd_run(args):
     from ..checkpoint import run
-    report = run.run(Host(args.state_dir), policies.load(args.policy), _now(args), args.dry_run)
+    report = run.run(Host(args.state_dir), policies.load(args.policy), _now(args), args.dry_run,
+                     _replica_target(args))
     args.exit_status = 0 if report["ok"] else 1
     return report
+
+
+def _replica_target(args):
+    if not args.replicate_to:
+        return None
+    from ..checkpoint import send
+    return send.Target(args.replicate_to, ssh_of(args), args.remote_ferry, args.remote_state_dir, args.remote_policy,
+                       args.link_timeout)
 
 
 def _render_run(report: dict) -> None:
@@ -48,6 +57,14 @@ def _render_run(report: dict) -> None:
             print(f"{vm['name']}: warning: {warning}")
         if vm["error"]:
             print(f"{vm['name']}: FAILED: {vm['error']}")
+        if vm.get("replicated") and not report["dry_run"]:
+            sent = vm["replicated"]
+            print(f"{vm['name']}: replicated to {sent['to']}: {sent['checkpoints']} checkpoints, "
+                  f"{sent['bytes_on_wire'] / 2**20:.1f} MiB in {sent['seconds']:.1f} s")
+        elif vm.get("replicated"):
+            print(f"{vm['name']}: would replicate to {vm['replicated']['to']}")
+        if vm.get("replication_error"):
+            print(f"{vm['name']}: FAILED: {vm['replication_error']}")
     if not report["vms"]:
         print(f"no VM here is covered by {report['policy']}")
 
@@ -114,6 +131,17 @@ def _render_replicas(replicas: list) -> None:
     print_table(("VM",) + LIST_TITLES, [[snap["vm"], *row(snap)] for snap in replicas])
 
 
+def target_options(parser, when: str = "") -> None:
+    """How a replication target is reached and its engine run: checkpoint send's, and run's."""
+    parser.add_argument("--remote-ferry", metavar="PATH", help=f"{when}ferry on the target (default: this ferry's path)")
+    parser.add_argument("--remote-state-dir", metavar="DIR", help=f"{when}the target's state directory")
+    parser.add_argument("--remote-policy", metavar="FILE",
+                        help=f"{when}the policy the target prunes its replicas by (default: its {DEFAULT_POLICY})")
+    parser.add_argument("--link-timeout", type=positive("seconds"), default=30.0, metavar="S",
+                        help=f"{when}a link that moves nothing for S seconds is taken as cut")
+    ssh_options(parser, when)
+
+
 def register(sub, common) -> None:
     group = sub.add_parser("checkpoint", help="scheduled checkpoints by a policy: take, prune, check")
     actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -124,6 +152,9 @@ def register(sub, common) -> None:
 
     run = actions.add_parser("run", parents=[options], help="take the checkpoints that are due, then prune")
     run.add_argument("--dry-run", action="store_true", help="print what would be taken and pruned, change nothing")
+    run.add_argument("--replicate-to", metavar="HOST",
+                     help="then send each VM's checkpoints this ssh destination lacks (as checkpoint send)")
+    target_options(run, "with --replicate-to: ")
     run.set_defaults(func=cmd_run, render=_render_run)
 
     check = actions.add_parser("check", parents=[options],
@@ -137,14 +168,8 @@ def register(sub, common) -> None:
     send.add_argument("name")
     send.add_argument("id", nargs="?", help="send up to this checkpoint (default: the VM's newest snapshot)")
     send.add_argument("--to", required=True, metavar="HOST", help="the ssh destination ([user@]host, or a Host alias)")
-    send.add_argument("--remote-ferry", metavar="PATH", help="ferry on the target (default: this ferry's own path)")
-    send.add_argument("--remote-state-dir", metavar="DIR", help="the target's state directory (default: its own)")
-    send.add_argument("--remote-policy", metavar="FILE",
-                      help=f"the policy the target prunes its replicas by (default: its {DEFAULT_POLICY})")
     send.add_argument("--bandwidth", metavar="RATE", help="cap, bytes/s with K/M/G (default: no cap)")
-    send.add_argument("--link-timeout", type=positive("seconds"), default=30.0, metavar="S",
-                      help="a link that moves nothing for S seconds is taken as cut")
-    ssh_options(send)
+    target_options(send)
     send.set_defaults(func=cmd_send, render=_render_send)
 
     receive = actions.add_parser("receive", parents=[common],

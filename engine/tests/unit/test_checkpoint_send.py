@@ -6,6 +6,7 @@ import os
 import socket
 import sys
 import threading
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -340,3 +341,30 @@ def test_a_second_send_of_one_vm_at_once_is_refused(target_dir):
     second.refused()
     first.channel.send(Kind.DONE)
     assert first.refused() == "None"
+
+
+# --- replication as part of a scheduled run ---
+
+def test_a_run_with_replicate_to_sends_each_vms_checkpoints_after_its_takes(source, kernel, via_fake_ssh, target_dir,
+                                                                            tmp_path):
+    make_snapshot(source, kernel, "ckpt-1", [chunk(1), None, None, None], 1)
+    source.define({"name": "vm2", "vcpus": 1, "memory": CHUNKS * 2, "kernel": str(kernel)})  # nothing to send
+    rules = policy.parse({"vms": {"vm1": {"hourly": 2}, "vm2": {"hourly": 2}}})
+    now = datetime.fromisoformat("2026-01-01T01:00:00+00:00")
+    dry = run.run(source, rules, now, dry_run=True, replicate_to=via_fake_ssh())
+    assert dry["vms"][0]["replicated"] == {"to": "h2", "dry_run": True} and not replica(target_dir, "ckpt-1").exists()
+    report = run.run(source, rules, now, replicate_to=via_fake_ssh())
+    vm1, vm2 = report["vms"]
+    assert vm1["skipped"].startswith("not running") and vm1["replicated"]["checkpoints"] == 1
+    assert "replicated" not in vm2 and report["ok"] is True
+    assert replica(target_dir, "ckpt-1").is_dir()
+
+
+def test_a_failed_replication_fails_the_run_and_names_the_vm(source, kernel, via_fake_ssh, tmp_path):
+    make_snapshot(source, kernel, "ckpt-1", [chunk(1), None, None, None], 1)
+    rules = policy.parse({"vms": {"vm1": {"hourly": 2}}})
+    broken = via_fake_ssh()
+    broken.remote_ferry = str(tmp_path / "no-ferry-here")
+    report = run.run(source, rules, datetime.fromisoformat("2026-01-01T01:00:00+00:00"), replicate_to=broken)
+    assert report["ok"] is False
+    assert report["vms"][0]["replication_error"].startswith("replicate to h2: ")

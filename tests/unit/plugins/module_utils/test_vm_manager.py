@@ -141,8 +141,8 @@ def test_diff_shows_definition_before_and_after(kernel):
     before, after = result["diff"]["before"], result["diff"]["after"]
     assert (before["cmdline"], before["vcpus"], before["state"]) == ("hb=1000", 1, "stopped")
     assert (after["cmdline"], after["vcpus"], after["state"]) == ("hb=500", 2, "running")
-    assert set(before) == set(after) == {"name", "vcpus", "memory", "kernel", "initrd", "cmdline", "cpu", "tags",
-                                                "state"}
+    keys = {"name", "vcpus", "memory", "kernel", "initrd", "cmdline", "cpu", "tags", "state"}
+    assert set(before) == set(after) == keys
 
 
 def test_diff_of_a_new_and_a_removed_vm(kernel):
