@@ -100,11 +100,10 @@ class ActionModule(ActionBase):
                                                    'transport', 'port') + TLS_OPTIONS)
         move.update(engine, token=token)
         display.display('%s: preparing the receiver on %s' % (params['name'], params['to']))
-        self._facts(destination, MODULE, dict(move, step='receive'))
+        port = self._facts(destination, MODULE, dict(move, step='receive'))['receiver']['port']
         address = params['address'] or destination.variables['ansible_host']
-        display.display('%s: moving to %s (%s:%d, %s)'
-                        % (params['name'], params['to'], address, params['port'], params['mode']))
-        send = dict(move, step='send', address=address)
+        display.display('%s: moving to %s (%s:%d, %s)' % (params['name'], params['to'], address, port, params['mode']))
+        send = dict(move, step='send', address=address, port=port)
         if params['transport'] == 'ssh':
             send.update(ssh_settings(params, destination.variables))
         watch = Progress(RemoteHost(self, task_vars['inventory_hostname'], task_vars), params['name'], engine)

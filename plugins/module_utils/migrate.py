@@ -47,6 +47,11 @@ MOVE_REQUIRED_IF = [('transport', 'tls', TLS_OPTIONS)]
 # An ssh_config keyword, ``=``, and a value on one line (the engine's ``--ssh-option`` rule).
 SSH_OPTION = re.compile(r'^[A-Za-z][A-Za-z0-9]*=[^\x00-\x1f\x7f]+$')
 
+# Ports the receiver tries, from ``port`` up: a VM that just arrived keeps its port for a minute
+# (to answer a source in doubt), so the next move into that host takes the next port.
+PORT_TRIES = 16
+PORT_IN_USE = 'Address already in use'
+
 # Memory the destination keeps free beside the VM (the engine's receiver refuses below it too).
 MEMORY_MARGIN_MIB = 64
 # What the estimate assumes a first pass moves per second: a conservative share of a 10 Gbit/s link.
@@ -155,15 +160,27 @@ class MigrationEnd(object):
         with TokenFile(p['token']) as token_file:
             if p['step'] == 'receive':
                 # The receiver has read the token once it listens, so the file may go.
-                listen = host_port(listen_host(p['transport']), p['port'])
-                waiting = self.engine.receive(p['name'], listen, token_file, receive_timeout(p['timeout']),
-                                              tls_flags(p))
+                waiting = self.receive(token_file)
                 self.done.append('receive')
                 return {'changed': True, 'receiver': waiting}
             report = self.engine.migrate(p['name'], host_port(p['address'], p['port']), token_file,
                                          migrate_options(p))
         self.done.append('send')
         return {'changed': True, 'report': report}
+
+
+    def receive(self, token_file):
+        """Start the receiver on the first free port of PORT_TRIES from ``port``; its answer says which."""
+        p = self.params
+        for port in range(p['port'], min(p['port'] + PORT_TRIES, 65536)):
+            try:
+                return self.engine.receive(p['name'], host_port(listen_host(p['transport']), port), token_file,
+                                           receive_timeout(p['timeout']), tls_flags(p))
+            except EngineError as err:
+                if PORT_IN_USE not in str(err):
+                    raise
+        raise EngineError('port: %d to %d are all in use on this host (recent arrivals keep theirs for a minute)'
+                          % (p['port'], port))
 
 
 def receive_timeout(timeout):

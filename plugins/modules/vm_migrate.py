@@ -67,7 +67,9 @@ options:
     choices: [tcp, tls, ssh]
     default: tcp
   port:
-    description: The port the receiver on O(to) listens on.
+    description:
+      - The port the receiver on O(to) listens on; when it is taken (a VM that just arrived keeps
+        its port for a minute, to answer a source in doubt), the next free one of the 15 after it.
     type: int
     default: 7400
   address:

@@ -31,12 +31,13 @@ def actions(scenario: str, output: str) -> list[tuple[str, str]]:
 
 
 @pytest.mark.timeout(MOLECULE_TIMEOUT + 60)
-@pytest.mark.parametrize("scenario", ["engine", "checkpoint"])
+@pytest.mark.parametrize("scenario", ["engine", "checkpoint", "evacuate"])
 def test_molecule_test_converges_idempotently_and_verifies(lab_environment, scenario):
     run = molecule(scenario, "test")
 
     assert run.returncode == 0, run.stdout[-6000:]
-    sequence = ["destroy", "syntax", "create", "converge", "idempotence", "verify", "destroy"]
+    sequence = ["destroy", "syntax", "create"] + (["prepare"] if scenario == "evacuate" else []) + [
+        "converge", "idempotence", "verify", "destroy"]
     assert actions(scenario, run.stdout) == [(action, "Executed: Successful") for action in sequence], run.stdout[-6000:]
     converge = run.stdout.split(f"[{scenario} > converge] Executing", 1)[1]
     converge = converge.split(f"[{scenario} > idempotence] Executing", 1)[0]

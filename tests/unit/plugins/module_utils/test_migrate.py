@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from ansible_collections.ferry.hypervisor.plugins.module_utils.engine import EngineError
 from ansible_collections.ferry.hypervisor.plugins.module_utils.migrate import (
     MEMORY_MARGIN_MIB, MigrationEnd, TokenFile, bad_ssh_option, host_port, migrate_options, preflight, ssh_settings)
 
@@ -221,6 +222,46 @@ def test_transport_tls_without_its_files_is_refused_naming_them(given):
     assert "transport is tls but all of the following are missing" in validation.error_messages[0] or \
         "transport is tls but" in validation.error_messages[0]
     assert "tls_ca" in validation.error_messages[0]
+
+
+class BusyPorts(RecordingEngine):
+    """An engine whose first ``busy`` ports are taken."""
+
+    def __init__(self, busy):
+        super(BusyPorts, self).__init__()
+        self.busy = busy
+
+    def receive(self, name, listen, token_file, timeout, extra=()):
+        port = int(listen.rsplit(":", 1)[1])
+        self.calls.append(("receive", port))
+        if port < 7400 + self.busy:
+            raise EngineError("listen on %s: Address already in use" % listen)
+        return {"port": port}
+
+
+def test_a_receiver_takes_the_next_free_port_after_recent_arrivals():
+    eng = BusyPorts(busy=2)
+    params = {"name": "web", "step": "receive", "token": "ab" * 32, "transport": "tcp", "port": 7400, "timeout": 60}
+    assert MigrationEnd(eng, params).apply()["receiver"] == {"port": 7402}
+    assert eng.calls == [("receive", 7400), ("receive", 7401), ("receive", 7402)]
+
+
+def test_all_ports_taken_is_one_line_naming_the_range():
+    params = {"name": "web", "step": "receive", "token": "ab" * 32, "transport": "tcp", "port": 7400, "timeout": 60}
+    with pytest.raises(EngineError, match=r"^port: 7400 to 7415 are all in use on this host"):
+        MigrationEnd(BusyPorts(busy=100), params).apply()
+
+
+def test_another_receiver_failure_is_not_retried():
+    class Refusing(RecordingEngine):
+        def receive(self, *args, **kwargs):
+            self.calls.append("receive")
+            raise EngineError("receive web: this host is drained")
+    eng = Refusing()
+    params = {"name": "web", "step": "receive", "token": "ab" * 32, "transport": "tcp", "port": 7400, "timeout": 60}
+    with pytest.raises(EngineError, match="drained"):
+        MigrationEnd(eng, params).apply()
+    assert eng.calls == ["receive"]
 
 
 def test_the_token_file_is_private_and_gone_afterwards():
