@@ -168,7 +168,6 @@ class MigrationEnd(object):
         self.done.append('send')
         return {'changed': True, 'report': report}
 
-
     def receive(self, token_file):
         """Start the receiver on the first free port of PORT_TRIES from ``port``; its answer says which."""
         p = self.params

@@ -17,6 +17,7 @@ from harness import Ansible, own_lab, task_results
 pytestmark = [pytest.mark.e2e, pytest.mark.kvm]
 
 VMS = [("evac-a", ["group:db"]), ("evac-b", ["group:db"]), ("evac-c", []), ("evac-d", [])]
+NAMES = [name for name, tags in VMS]
 
 
 def vm(name, tags, state="running"):
@@ -59,7 +60,7 @@ def test_check_mode_plans_writes_the_plan_and_moves_nothing(fleet):
     output = os.path.join(fleet.workdir, "checked-plan.json")
     run = evacuate(fleet, "--check", evacuate_hosts=["h1"], evacuate_plan_output=output).expect_ok()
     plan = json.load(open(output))
-    assert plan["ok"] and sorted(m["vm"] for m in plan["moves"]) == [name for name, _ in VMS]
+    assert plan["ok"] and sorted(m["vm"] for m in plan["moves"]) == NAMES
     assert "VM" in run.output and "evac-a" in run.output and "WAVE" in run.output, run.output
     assert all(hosts == ["h1"] for name, hosts in where(fleet).items() if name.startswith("evac-"))
     assert json.loads(fleet.ferry("h1", "--json", "host-info").stdout)["drained"] is None
@@ -94,14 +95,14 @@ def test_a_plan_file_the_fleet_drifted_from_is_refused(fleet):
 
 
 def test_drain_h1_with_budgets_then_undrain_and_return(fleet):
-    before = {name: fleet.beats("h1", name)[-1] for name, _ in VMS}
+    before = {name: fleet.beats("h1", name)[-1] for name in NAMES}
     output = os.path.join(fleet.workdir, "plan.json")
     run = evacuate(fleet, evacuate_hosts=["h1"], evacuate_plan_output=output, evacuate_max_downtime=200)
     run.expect_ok()
     placed = where(fleet)
-    assert all(placed[name] != ["h1"] and len(placed[name]) == 1 for name, _ in VMS), placed
+    assert all(placed[name] != ["h1"] and len(placed[name]) == 1 for name in NAMES), placed
     assert placed["evac-a"] != placed["evac-b"], "two VMs of group db on one host"
-    for name, _ in VMS:
+    for name in NAMES:
         beats = [b for b in fleet.beats(placed[name][0], name) if b >= before[name]]
         assert beats == list(range(beats[0], beats[0] + len(beats))), f"{name}: heartbeat gap"
     plan = json.load(open(output))
@@ -119,7 +120,7 @@ def test_drain_h1_with_budgets_then_undrain_and_return(fleet):
     back = evacuate(fleet, evacuate_hosts=["h1"], evacuate_plan_file=output, evacuate_undrain=True,
                     evacuate_return=True).expect_ok()
     assert back.recap()["h1"]["changed"] >= 1
-    assert all(where(fleet)[name] == ["h1"] for name, _ in VMS), where(fleet)
+    assert all(where(fleet)[name] == ["h1"] for name in NAMES), where(fleet)
     assert json.loads(fleet.ferry("h1", "--json", "host-info").stdout)["drained"] is None
-    for name, _ in VMS:
+    for name in NAMES:
         assert fleet.beats("h1", name), f"{name} stopped beating"

@@ -67,8 +67,8 @@ def test_the_schedule_runs_the_engine_and_writes_metrics_when_asked(tmp_path):
 
 def test_replication_logs_in_as_the_targets_inventory_says(tmp_path):
     inventory = tmp_path / "fleet.yml"
-    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"h2": {"ansible_host": "10.0.0.2", "ansible_user": "ops",
-                                                                   "ansible_port": 2222}}}}))
+    h2 = {"ansible_host": "10.0.0.2", "ansible_user": "ops", "ansible_port": 2222}
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"h2": h2}}}))
     values, run = resolved(tmp_path, {"checkpoint_replicate_to": "h2",
                                       "checkpoint_replicate_ssh_options": ["ProxyJump=bastion"]},
                            "-i", str(inventory))
