@@ -2,12 +2,15 @@
 check mode plans and moves nothing; a plan that cannot be carried out stops before any move; a plan
 file applied after a VM was moved by hand is refused with the reason; h1 drained onto h2 and h3 with
 one move per host at a time, every guest's heartbeat continuous, groups kept apart, h1 empty and
-refusing arrivals; a second run changes nothing; undrain and return bring the VMs back."""
+refusing arrivals; a second run changes nothing; undrain and return bring the VMs back; a target
+cut off mid-move stops the evacuation with every VM running exactly once and the report saying
+what moved."""
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 
 import pytest
@@ -124,3 +127,43 @@ def test_drain_h1_with_budgets_then_undrain_and_return(fleet):
     assert json.loads(fleet.ferry("h1", "--json", "host-info").stdout)["drained"] is None
     for name in NAMES:
         assert fleet.beats("h1", name), f"{name} stopped beating"
+
+
+def receiving(ansible, host: str) -> bool:
+    return ansible.exists(host, "/var/lib/ferry/incoming") and bool(
+        ansible.lab.exec(host, ["ls", "/var/lib/ferry/incoming"], capture_output=True, text=True,
+                         timeout=30).stdout.split())
+
+
+def test_a_target_cut_off_mid_move_stops_new_moves_and_every_vm_runs_once(fleet):
+    """Slow moves (a bandwidth cap); once h3 receives, its link goes down: that move fails, the
+    one under way to h2 finishes, no move of a later wave starts, and no VM runs twice."""
+    runs = []
+    worker = threading.Thread(target=lambda: runs.append(evacuate(
+        fleet, evacuate_hosts=["h1"], evacuate_parallel=2,
+        evacuate_migrate_options={"bandwidth": "3M", "timeout": 120})))
+    worker.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not receiving(fleet, "h3"):
+        time.sleep(0.5)
+    assert receiving(fleet, "h3"), "no move into h3 began"
+    fleet.lab.link("h3", down=True)
+    try:
+        worker.join(600)
+    finally:
+        fleet.lab.link("h3", up=True)
+    (run,) = runs
+    assert run.rc != 0
+    assert "did not move" in run.output and "not started" in run.output, run.output
+    time.sleep(5)
+    placed = where(fleet)
+    assert all(len(placed[name]) == 1 for name in NAMES), f"a VM is defined twice or nowhere: {placed}"
+    for name in NAMES:
+        state = fleet.status(placed[name][0], name)["state"]
+        assert state == "running", f"{name} is {state} on {placed[name][0]}"
+    assert any(placed[name] == ["h1"] for name in NAMES), "every VM moved although h3 was cut off"
+    # Bring them back for whatever runs next, and clear the mark.
+    fleet.ferry("h1", "undrain")
+    for name in NAMES:
+        if placed[name] != ["h1"]:
+            fleet.tasks([{"ferry.hypervisor.vm_migrate": {"name": name, "to": "h1"}}], host=placed[name][0]).expect_ok()
