@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .. import inputs
 from ..errors import FerryError
+from ..files import read_yaml_settings
 
 PERIODS = ("frequently", "hourly", "daily", "weekly", "monthly", "yearly")
 # Each period's nominal length in seconds, for freshness (``check``) and its default ages.
@@ -115,21 +116,13 @@ class Policy:
 
 
 def load(path: Path | str) -> Policy:
-    import yaml  # here: only checkpoint commands read a policy
-
-    source = str(path)
+    def error(message: str) -> PolicyError:
+        return PolicyError(f"policy {message}")
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_FILE + 1)
-    except OSError as err:
-        raise PolicyError(f"policy {source}: cannot read: {err.strerror}") from None
-    if len(data) > MAX_FILE:
-        raise PolicyError(f"policy {source}: larger than {MAX_FILE // 1024} KiB, not a checkpoint policy")
-    try:
-        document = yaml.safe_load(data)
-    except (yaml.YAMLError, RecursionError, UnicodeDecodeError):
-        raise PolicyError(f"policy {source}: not valid YAML") from None
-    return parse(document, source)
+        document = read_yaml_settings(Path(path), MAX_FILE, error, "a checkpoint policy")
+    except FileNotFoundError:
+        raise error(f"{path}: cannot read: No such file or directory") from None
+    return parse(document, str(path))
 
 
 def parse(document, source: str = "policy") -> Policy:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .. import inputs
 from ..errors import FerryError
+from ..files import read_yaml_settings
 
 FILE = "host.yaml"
 KEYS = ("cpu_hidden",)
@@ -26,23 +27,12 @@ HostConfig = namedtuple("HostConfig", KEYS, defaults=(frozenset(),))
 
 
 def load(root: Path) -> HostConfig:
-    import yaml  # here: most commands read no host settings
-
     from ..kvm.cpufeatures import KNOWN
     path = root / FILE
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_FILE + 1)
+        values = read_yaml_settings(path, MAX_FILE, HostConfigError, "the host's settings")
     except FileNotFoundError:
         return HostConfig()
-    except OSError as err:
-        raise HostConfigError(f"{path}: cannot read: {err.strerror}") from None
-    if len(data) > MAX_FILE:
-        raise HostConfigError(f"{path}: larger than {MAX_FILE // 1024} KiB, not the host's settings")
-    try:
-        values = yaml.safe_load(data)
-    except (yaml.YAMLError, RecursionError):
-        raise HostConfigError(f"{path}: not valid YAML") from None
     if values is None:
         values = {}  # an empty file sets nothing
     if not isinstance(values, dict):
