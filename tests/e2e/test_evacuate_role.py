@@ -29,6 +29,9 @@ def vm(name, tags, state="running"):
 
 
 def evacuate(ansible, *args, **role_vars):
+    """The role on the hypervisors; its plan and timeline go to the test's folder, not the checkout."""
+    role_vars.setdefault("evacuate_plan_output", os.path.join(ansible.workdir, "plan-default.json"))
+    role_vars.setdefault("evacuate_timeline", os.path.join(ansible.workdir, "timeline.png"))
     path = os.path.join(ansible.workdir, f"evacuate-{time.monotonic_ns()}.yml")
     with open(path, "w") as handle:
         json.dump([{"hosts": "hypervisors", "gather_facts": False,
@@ -116,6 +119,10 @@ def test_drain_h1_with_budgets_then_undrain_and_return(fleet):
     assert "VM" in run.output and "moved" in run.output, run.output
     drained = json.loads(fleet.ferry("h1", "--json", "host-info").stdout)["drained"]
     assert drained and "evacuate" in drained["reason"]
+    timeline = os.path.join(fleet.workdir, "timeline.png")
+    assert open(timeline, "rb").read(8) == b"\x89PNG\r\n\x1a\n", "no timeline picture"
+    record = json.load(open(timeline + ".json"))
+    assert sorted(m["vm"] for m in record if m["ok"]) == NAMES and all(m["ended"] >= m["started"] for m in record)
 
     again = evacuate(fleet, evacuate_hosts=["h1"]).expect_ok()
     assert all(counts["changed"] == 0 for counts in again.recap().values()), again.output
