@@ -155,7 +155,8 @@ def test_host_info_reports_kvm_and_vms(ferry, tmp_path):
     boot(ferry, tmp_path)
     info = ferry.ok("host-info")
     assert info["kvm"]["available"] and info["cpus"] >= 1
-    assert info["vms"] == [{"name": "vm1", "vcpus": 1, "memory": 64, "state": "running"}]
+    assert info["vms"] == [{"name": "vm1", "vcpus": 1, "memory": 64, "state": "running", "tags": []}]
+    assert info["drained"] is None
     assert (info["committed_vcpus"], info["committed_memory_mib"]) == (1, 64)
     with open("/proc/cpuinfo") as cpuinfo:
         flags = next(line for line in cpuinfo if line.startswith("flags")).split(":")[1].split()
