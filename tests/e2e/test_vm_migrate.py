@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 
 import pytest
 
@@ -108,6 +109,12 @@ def test_a_move_over_mutual_tls_with_each_hosts_certificate(ansible, engine_inst
     refused = task_results(ansible.tasks([move(to="h1", timeout=20, **TLS)], host="h2"))[0]
     assert refused["failed"] is True and "TLS" in refused["msg"], refused
     assert ansible.status("h2", NAME)["state"] == "running" and ansible.status("h1", NAME) is None
+    # The receiver on h1 keeps waiting for a source that can prove itself until its own
+    # timeout (timeout + 60 s); the tests after this one use h1, so wait for it to end.
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline and ansible.lab.exec(
+            "h1", ["ls", "/var/lib/ferry/incoming"], capture_output=True, text=True, timeout=30).stdout.split():
+        time.sleep(2)
     ansible.tasks([{"ferry.hypervisor.vm": {"name": NAME, "state": "absent"}}], host="h2").expect_ok()
 
 

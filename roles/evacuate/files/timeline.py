@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: Ferry Developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The evacuation's moves as a timeline picture: one row per link (source -> target), a bar per
@@ -35,7 +34,7 @@ def draw(moves, out):
     import matplotlib.pyplot as plt
 
     links, bars = rows(moves)
-    begin = min([m['started'] for _, m in bars] or [0.0])
+    begin = min([move['started'] for row, move in bars] or [0.0])
     figure, axis = plt.subplots(figsize=(9, 1.2 + 0.5 * max(len(links), 1)))
     for row, move in bars:
         start, length = move['started'] - begin, max(move['ended'] - move['started'], 0.05)
@@ -46,7 +45,7 @@ def draw(moves, out):
     axis.invert_yaxis()
     axis.set_xlabel('seconds since the first move began')
     waiting = [m['vm'] for m in moves if m.get('skipped')]
-    moved = sum(1 for _, m in bars if m['ok'])
+    moved = sum(1 for row, move in bars if move['ok'])
     axis.set_title('evacuation: %d of %d moved' % (moved, len(moves))
                    + ('; not started: %s' % ', '.join(waiting) if waiting else ''))
     figure.tight_layout()
