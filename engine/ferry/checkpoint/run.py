@@ -80,7 +80,7 @@ def run(host: Host, policy: Policy, now: datetime, dry_run: bool = False, replic
 def _replicate(host: Host, vm: dict, target, dry_run: bool) -> None:
     """Send what the target lacks of one VM; a failure is this VM's, the others still go."""
     from . import send
-    if not checkpoints_of(host, vm["name"])[0]:
+    if not vm["kept"]:
         return  # nothing the policy made yet
     if dry_run:
         vm["replicated"] = {"to": target.host, "dry_run": True}
@@ -95,9 +95,10 @@ def _replicate(host: Host, vm: dict, target, dry_run: bool) -> None:
 
 
 def _run_vm(host: Host, name: str, vm_policy: VmPolicy, now: datetime, dry_run: bool) -> dict:
-    result = {"name": name, "took": None, "skipped": None, "pruned": [], "warnings": [], "error": None}
+    result = {"name": name, "took": None, "skipped": None, "pruned": [], "warnings": [], "error": None, "kept": 0}
     try:
         existing, _ = checkpoints_of(host, name)
+        result["kept"] = len(existing)
         periods = plan.due_periods(vm_policy, existing, now)
         if periods:
             taken = _take(host, name, vm_policy, now, periods, dry_run, result)
@@ -105,6 +106,7 @@ def _run_vm(host: Host, name: str, vm_policy: VmPolicy, now: datetime, dry_run: 
                 existing.append(taken)
         for checkpoint in plan.to_prune(vm_policy, existing):
             _prune(host, name, checkpoint, dry_run, result)
+        result["kept"] = len(existing) - len(result["pruned"])  # the policy's checkpoints left
     except FerryError as err:
         result["error"] = str(err)
     return result
